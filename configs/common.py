@@ -1,0 +1,71 @@
+"""Defaults shared by every config; each experiment file overrides what it needs.
+
+Every field can be overridden from the command line, e.g.
+  python launch.py --config=configs/vit_fashion_mnist.py --config.batch_size=256
+Units are in the names (…_steps, …_epochs, …_prob).
+"""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """The shared fields with neutral defaults."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0                      # Seeds init, dropout and the data order/augmentation.
+  c.num_train_steps = -1          # Optimizer steps; when > 0 it overrides num_epochs.
+  c.num_epochs = 10.0             # Passes over the training split (fractions allowed).
+  c.batch_size = 128              # Global batch over all devices and processes.
+  c.eval_batch_size = 500         # Global eval batch (the last one is padded and masked).
+  c.learning_rate = 1e-3          # Peak learning rate, reached at the end of warmup.
+  c.warmup_steps = 500            # Linear warmup from 0, in optimizer steps.
+  c.label_smoothing = 0.0         # epsilon of label smoothing (Szegedy et al. 2016).
+  c.compute_dtype = 'float32'     # 'float32' or 'bfloat16' (parameters stay float32).
+  c.grad_accum_steps = 1          # Micro-batches per optimizer step (batch_size is the total).
+  c.parallel = 'jit'              # 'jit' (Mesh + NamedSharding) or 'pmap'.
+  c.num_classes = 10              # Used only for datasets not in data.sources.DATASETS.
+  c.eval_every_steps = 1000       # 0: evaluate only at the end.
+  c.checkpoint_every_steps = 1000  # 0: checkpoint only at the end (and on SIGTERM).
+  c.log_every_steps = 100         # Train metrics are fetched from the device only here.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'vit_custom'     # A name from nets.REGISTRY; other fields go to the model.
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = 'adamw'          # 'adamw' or 'sgd'.
+  c.optim.b1 = 0.9                # Adam beta1.
+  c.optim.b2 = 0.999              # Adam beta2.
+  c.optim.eps = 1e-8              # Adam epsilon.
+  c.optim.momentum = 0.9          # SGD momentum.
+  c.optim.nesterov = False        # SGD Nesterov momentum.
+  c.optim.weight_decay = 0.0      # Decoupled weight decay coefficient (x learning rate).
+  c.optim.no_decay_names = ('pos_embedding', 'cls_token')  # Parameter paths never decayed
+                                  # (besides all biases and norm scales, which are 1-D).
+  c.optim.grad_clip_norm = 1.0    # Global-norm gradient clipping; 0 disables it.
+  c.optim.schedule = 'cosine'     # 'cosine', 'linear', 'step', 'rsqrt' or 'constant'.
+  c.optim.end_learning_rate_factor = 0.0  # Final lr / peak lr for cosine and linear.
+  c.optim.step_boundaries = (0.5, 0.75)   # 'step': fractions of the decay phase ...
+  c.optim.step_factor = 0.1               # ... where the lr is multiplied by this.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = 'tfds'          # 'tfds' or 'local_fashion_mnist'.
+  c.data.name = 'cifar10'         # TFDS dataset name (see data.sources.DATASETS).
+  c.data.dir = ''                 # local_fashion_mnist: IDX folder ('' = Debian's path).
+  c.data.tfds_data_dir = ''       # TFDS data dir ('' = TFDS default, ~/tensorflow_datasets).
+  c.data.mean = (0.5, 0.5, 0.5)   # Per-channel normalisation, in [0, 1] units.
+  c.data.std = (0.5, 0.5, 0.5)
+  c.data.num_threads = 4          # Grain reader threads per process.
+  c.data.prefetch_batches = 8     # Grain prefetch buffer, in elements.
+  c.data.num_workers = 0          # Grain worker processes (0: threads only).
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.crop_padding = 0      # Random crop after zero padding by this many pixels.
+  c.augment.flip = False          # Random horizontal flip.
+  c.augment.random_erasing_prob = 0.0  # Random Erasing probability (Zhong et al. 2017).
+  c.augment.mixup_alpha = 0.0     # Mixup Beta(alpha, alpha); 0 disables.
+  c.augment.cutmix_alpha = 0.0    # CutMix Beta(alpha, alpha); 0 disables.
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.keep = 3           # Most recent checkpoints kept.
+  c.checkpoint.best_metric = 'top1'  # Also keep the best checkpoint by this eval metric.
+  c.checkpoint.async_save = True  # Write checkpoints in the background.
+  return c

@@ -1,0 +1,1 @@
+"""Input pipelines: sources (TFDS, local IDX files), batch transforms, Grain loaders."""

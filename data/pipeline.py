@@ -1,0 +1,87 @@
+"""Grain input pipelines for training and exact evaluation.
+
+Training: source -> this process's shard -> shuffle (reshuffled every epoch) ->
+repeat -> batch -> vectorised augmentation -> prefetching iterator. Everything
+random derives from `config.seed`, and the iterator's position is part of every
+checkpoint (`iterator.get_state()`), so a resumed run sees exactly the batches the
+uninterrupted run would have seen.
+
+Evaluation: every example of the split exactly once; the last partial batch is
+padded and carries `mask` = 0 on the padding, so metrics are exact.
+"""
+
+import math
+from typing import Iterator
+
+import grain
+import numpy as np
+
+from data import transforms
+
+
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
+  """The per-process share of the global batch. Raises ValueError if it does not divide."""
+  if global_batch_size % process_count:
+    raise ValueError(f'batch_size ({global_batch_size}) must be divisible by the number of '
+                     f'processes ({process_count})')
+  return global_batch_size // process_count
+
+
+def train_iterator(config, source, *, process_index: int = 0, process_count: int = 1):
+  """An endless iterator of augmented training batches for this process.
+
+  Batches: {'image': [local_batch, h, w, c] float32, 'label': [local_batch] int32,
+  and with mixup/cutmix 'label2' int32, 'mix_ratio' float32}. The iterator supports
+  get_state()/set_state() (Grain), which checkpoints store.
+  """
+  batch = local_batch_size(config.batch_size, process_count)
+  aug = config.augment
+  augment = transforms.TrainAugment(
+      mean=tuple(config.data.mean), std=tuple(config.data.std), crop_padding=aug.crop_padding,
+      flip=aug.flip, random_erasing_prob=aug.random_erasing_prob, mixup_alpha=aug.mixup_alpha,
+      cutmix_alpha=aug.cutmix_alpha)
+  ds = grain.MapDataset.source(source)[process_index::process_count]
+  ds = ds.shuffle(seed=config.seed).repeat()
+  ds = ds.batch(batch, drop_remainder=True).random_map(augment, seed=config.seed + 1)
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.data.num_threads,
+                                            prefetch_buffer_size=config.data.prefetch_batches))
+  if config.data.num_workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+  return iter(ds)
+
+
+def num_eval_batches(num_examples: int, global_batch_size: int, process_count: int) -> int:
+  """Batches each process runs so that all processes run the same number."""
+  per_process = math.ceil(num_examples / process_count)
+  return math.ceil(per_process / local_batch_size(global_batch_size, process_count))
+
+
+def eval_batches(config, source, *, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict]:
+  """Yields padded eval batches covering this process's shard of `source` once.
+
+  Batches: {'image': [local_batch, h, w, c] float32, 'label': [local_batch] int32,
+  'mask': [local_batch] float32 (1 for real examples, 0 for padding)}.
+  """
+  batch = local_batch_size(config.eval_batch_size, process_count)
+  total = num_eval_batches(len(source), config.eval_batch_size, process_count)
+  ds = grain.MapDataset.source(source)[process_index::process_count].batch(batch)
+  ds = ds.map(transforms.EvalPreprocess(tuple(config.data.mean), tuple(config.data.std)))
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.data.num_threads,
+                                            prefetch_buffer_size=config.data.prefetch_batches))
+  template = None
+  count = 0
+  for element in ds:
+    n = len(element['label'])
+    template = element
+    yield _pad(element, batch, n)
+    count += 1
+  for _ in range(total - count):  # Shards shorter than the others: all-padding batches.
+    yield _pad({k: v[:0] for k, v in template.items()}, batch, 0)
+
+
+def _pad(element: dict, batch: int, n: int) -> dict:
+  out = {k: np.concatenate([v, np.zeros((batch - n,) + v.shape[1:], v.dtype)])
+         for k, v in element.items()}
+  out['mask'] = (np.arange(batch) < n).astype(np.float32)
+  return out

@@ -1,0 +1,52 @@
+r"""Trains a model described by a config file.
+
+  python launch.py --config=configs/vit_fashion_mnist.py [--workdir=runs/NAME] \
+      [--config.batch_size=256 --config.learning_rate=3e-3 ...]
+
+Any config field can be overridden with --config.FIELD=VALUE. Runs resume from the
+checkpoints in --workdir. Multi-process (multi-host) jobs are detected from SLURM /
+Open MPI / JAX coordinator variables, or asked for with --coordinator_address.
+"""
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default runs/<config name>).')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'host:port of process 0; starts a multi-process job.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index.')
+flags.mark_flags_as_required(['config'])
+
+
+def _cluster_detected() -> bool:
+  """True under a multi-process launcher jax.distributed can auto-detect."""
+  env = os.environ
+  return (int(env.get('SLURM_NTASKS', '1')) > 1 or int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
+          or 'JAX_COORDINATOR_ADDRESS' in env)
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=import-outside-toplevel
+  from train import reporting, trainer  # pylint: disable=import-outside-toplevel
+  reporting.quiet_library_logs()
+  if _COORDINATOR.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  elif _cluster_detected():
+    jax.distributed.initialize()
+  config_path = flags.FLAGS['config'].config_filename
+  name = os.path.splitext(os.path.basename(config_path))[0]
+  workdir = _WORKDIR.value or os.path.join('runs', name)
+  logging.info('Process %d/%d, %d devices: %s; workdir %s', jax.process_index(),
+               jax.process_count(), jax.device_count(), jax.devices()[0].platform, workdir)
+  trainer.run(_CONFIG.value, workdir)
+
+
+if __name__ == '__main__':
+  logging.set_verbosity(logging.INFO)
+  app.run(main)

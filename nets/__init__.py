@@ -1,0 +1,37 @@
+"""Model registry: `nets.build(name, **overrides)` returns a linen Module.
+
+A plain dict, so every name can be grepped; names follow `<family>_<variant>`.
+"""
+
+import difflib
+import functools
+
+import flax.linen as nn
+
+from nets import vit
+
+REGISTRY = {
+    # ViT-<variant>/<patch>: Dosovitskiy et al. 2021, Table 1.
+    **{f'vit_{v}{p}': functools.partial(vit.vit, v, p)
+       for v in vit.VARIANTS for p in (4, 8, 14, 16, 32)},
+    # A ViT with free hyper-parameters (hidden_size, num_layers, ... as overrides),
+    # for small inputs such as 28x28 Fashion-MNIST or 32x32 CIFAR.
+    'vit_custom': vit.VisionTransformer,
+}
+
+
+def build(name: str, **overrides) -> nn.Module:
+  """Builds the model registered under `name` with keyword `overrides`.
+
+  Raises:
+    ValueError: unknown name (the message lists the valid names and close matches),
+      or an override that is not a field of the model.
+  """
+  if name not in REGISTRY:
+    close = difflib.get_close_matches(name, REGISTRY, n=3)
+    hint = f' Did you mean {close}?' if close else ''
+    raise ValueError(f'Unknown model {name!r}.{hint} Valid names: {sorted(REGISTRY)}')
+  try:
+    return REGISTRY[name](**overrides)
+  except TypeError as e:
+    raise ValueError(f'Bad options for model {name!r}: {e}') from e

@@ -1,0 +1,154 @@
+"""Vision Transformer (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words", ICLR).
+
+Sec. 3.1 / Eq. 1-4: the image is cut into P x P patches, each linearly embedded
+(a P x P convolution with stride P), a learned class token is prepended, learned
+position embeddings are added, and L pre-LN encoder blocks (multi-head
+self-attention and a GELU MLP, each with a residual connection) follow. The head
+reads the final LayerNorm's class-token output (or the mean over patch tokens,
+`classifier='gap'`). Sec. 3.2: for another input resolution the position
+embeddings are 2-D interpolated, here bilinearly, at apply time.
+
+Named variants (Table 1): Ti (192/12/768/3), S (384/12/1536/6),
+B (768/12/3072/12), L (1024/24/4096/16) as (width/depth/mlp/heads).
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from nets import layers
+
+VARIANTS = {
+    'ti': dict(hidden_size=192, num_layers=12, mlp_dim=768, num_heads=3),
+    's': dict(hidden_size=384, num_layers=12, mlp_dim=1536, num_heads=6),
+    'b': dict(hidden_size=768, num_layers=12, mlp_dim=3072, num_heads=12),
+    'l': dict(hidden_size=1024, num_layers=24, mlp_dim=4096, num_heads=16),
+}
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LN Transformer encoder block (Dosovitskiy et al. 2021, Eq. 2-3)."""
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  drop_path_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+    """x: [batch, tokens, hidden] -> same shape."""
+    drop_path = layers.DropPath(self.drop_path_rate)
+    y = nn.LayerNorm(dtype=self.dtype, name='ln_attention')(x)
+    y = layers.MultiHeadAttention(self.num_heads, self.attention_dropout_rate, dtype=self.dtype,
+                                  name='attention')(y, deterministic=deterministic)
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    x = x + drop_path(y, deterministic=deterministic)
+    y = nn.LayerNorm(dtype=self.dtype, name='ln_mlp')(x)
+    y = layers.MlpBlock(self.mlp_dim, self.dropout_rate, dtype=self.dtype, name='mlp')(
+        y, deterministic=deterministic)
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    return x + drop_path(y, deterministic=deterministic)
+
+
+def interpolate_position_embeddings(posemb: jax.Array, grid: tuple[int, int]) -> jax.Array:
+  """Bilinearly resizes a square grid of position embeddings (ViT Sec. 3.2).
+
+  Args:
+    posemb: [1, old_h * old_w, hidden] grid embeddings (no class token).
+    grid: (new_h, new_w).
+  Returns:
+    [1, new_h * new_w, hidden].
+  """
+  old = int(math.isqrt(posemb.shape[1]))
+  hidden = posemb.shape[-1]
+  posemb = posemb.reshape(1, old, old, hidden)
+  posemb = jax.image.resize(posemb, (1, *grid, hidden), method='bilinear')
+  return posemb.reshape(1, grid[0] * grid[1], hidden)
+
+
+class VisionTransformer(nn.Module):
+  """ViT classifier.
+
+  Attributes:
+    num_classes: size of the output layer.
+    patch_size: P; input height and width must be multiples of it.
+    image_size: the resolution the position embeddings are made for (their grid is
+      image_size // patch_size per side); other resolutions interpolate them.
+    hidden_size, num_layers, mlp_dim, num_heads: Table 1 of the paper.
+    dropout_rate: dropout after the patch embedding and in each block.
+    attention_dropout_rate: dropout on attention weights.
+    drop_path_rate: stochastic-depth rate of the last block; block i gets
+      rate * i / (num_layers - 1) (linear rule of Huang et al. 2016).
+    classifier: 'token' (class token) or 'gap' (mean over patch tokens).
+    num_channels: expected input channels (checked).
+    dtype: compute dtype; parameters stay float32.
+  """
+  num_classes: int
+  patch_size: int = 16
+  image_size: int = 224
+  hidden_size: int = 768
+  num_layers: int = 12
+  mlp_dim: int = 3072
+  num_heads: int = 12
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  drop_path_rate: float = 0.0
+  classifier: str = 'token'
+  num_channels: int = 3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+    """images: [batch, height, width, channels] float -> logits [batch, num_classes] float32.
+
+    Raises:
+      ValueError: wrong channel count, sides not multiples of the patch size, or
+        an unknown `classifier`.
+    """
+    if self.classifier not in ('token', 'gap'):
+      raise ValueError(f"classifier must be 'token' or 'gap', got {self.classifier!r}")
+    if images.ndim != 4 or images.shape[-1] != self.num_channels:
+      raise ValueError(f'expected images [batch, height, width, {self.num_channels} channels], '
+                       f'got shape {images.shape}')
+    height, width = images.shape[1:3]
+    if height % self.patch_size or width % self.patch_size:
+      raise ValueError(f'image size {height}x{width} is not a multiple of the patch size '
+                       f'{self.patch_size}')
+    deterministic = not train
+    x = nn.Conv(self.hidden_size, (self.patch_size,) * 2, strides=(self.patch_size,) * 2,
+                padding='VALID', dtype=self.dtype, name='patch_embedding')(images.astype(self.dtype))
+    batch, gh, gw, _ = x.shape
+    x = x.reshape(batch, gh * gw, self.hidden_size)
+
+    grid = self.image_size // self.patch_size
+    posemb = self.param('pos_embedding', nn.initializers.normal(stddev=0.02),
+                        (1, grid * grid, self.hidden_size))
+    if (gh, gw) != (grid, grid):
+      posemb = interpolate_position_embeddings(posemb, (gh, gw))
+    x = x + posemb.astype(self.dtype)
+    if self.classifier == 'token':
+      cls = self.param('cls_token', nn.initializers.zeros, (1, 1, self.hidden_size))
+      cls_pos = self.param('cls_pos_embedding', nn.initializers.normal(stddev=0.02),
+                           (1, 1, self.hidden_size))
+      x = jnp.concatenate([jnp.tile(cls + cls_pos, (batch, 1, 1)).astype(self.dtype), x], axis=1)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+
+    for i in range(self.num_layers):
+      rate = self.drop_path_rate * i / max(self.num_layers - 1, 1)
+      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
+                       self.attention_dropout_rate, rate, dtype=self.dtype,
+                       name=f'encoder_block_{i}')(x, deterministic=deterministic)
+    x = nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
+    x = x[:, 0] if self.classifier == 'token' else x.mean(axis=1)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                      name='head')(x)
+    return logits.astype(jnp.float32)
+
+
+def vit(variant: str, patch_size: int, **overrides) -> VisionTransformer:
+  """A named ViT variant ('ti', 's', 'b', 'l') with `overrides` on top."""
+  return VisionTransformer(patch_size=patch_size, **{**VARIANTS[variant], **overrides})

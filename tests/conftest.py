@@ -1,0 +1,71 @@
+"""Test setup: 8 fake CPU devices (set before JAX starts) and small shared fixtures."""
+
+import gzip
+import os
+import struct
+
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+import jax  # noqa: E402
+
+jax.config.update('jax_num_cpu_devices', 8)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def write_idx(path: str, array: np.ndarray, *, gz: bool = True, truncate: int = 0) -> str:
+  """Writes `array` (uint8) as an IDX file; drops the last `truncate` bytes."""
+  header = bytes([0, 0, 0x08, array.ndim]) + struct.pack('>' + 'I' * array.ndim, *array.shape)
+  raw = (header + array.astype(np.uint8).tobytes())
+  raw = raw[:len(raw) - truncate] if truncate else raw
+  if gz:
+    path += '.gz'
+    with gzip.open(path, 'wb') as f:
+      f.write(raw)
+  else:
+    with open(path, 'wb') as f:
+      f.write(raw)
+  return path
+
+
+def make_fashion_mnist_dir(directory: str, num_train: int = 64, num_test: int = 36,
+                           seed: int = 0) -> str:
+  """A tiny learnable Fashion-MNIST stand-in: class k lights up horizontal band k."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(directory, exist_ok=True)
+  for split, n in (('train', num_train), ('t10k', num_test)):
+    labels = rng.integers(0, 10, size=n).astype(np.uint8)
+    images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+    for i, k in enumerate(labels):
+      images[i, 2 * k + 4: 2 * k + 6] = 255
+    write_idx(os.path.join(directory, f'{split}-images-idx3-ubyte'), images)
+    write_idx(os.path.join(directory, f'{split}-labels-idx1-ubyte'), labels)
+  return directory
+
+
+def tiny_config(data_dir: str):
+  """The offline default config shrunk to a few-second run on the tiny IDX files."""
+  from configs import vit_fashion_mnist  # pylint: disable=import-outside-toplevel
+  c = vit_fashion_mnist.get_config()
+  c.data.dir = data_dir
+  c.model.hidden_size = 16
+  c.model.num_layers = 1
+  c.model.mlp_dim = 32
+  c.model.num_heads = 2
+  c.model.patch_size = 7
+  c.batch_size = 16
+  c.eval_batch_size = 16
+  c.num_train_steps = 6
+  c.warmup_steps = 0
+  c.optim.schedule = 'constant'
+  c.log_every_steps = 2
+  c.eval_every_steps = 3
+  c.checkpoint_every_steps = 3
+  c.checkpoint.async_save = False
+  c.data.num_threads = 1
+  return c
+
+
+@pytest.fixture
+def fmnist_dir(tmp_path):
+  return make_fashion_mnist_dir(str(tmp_path / 'fmnist'))

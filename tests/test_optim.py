@@ -1,0 +1,96 @@
+"""Schedules, the weight-decay mask and label smoothing."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import common
+from train import optim, tasks
+
+
+def _config(schedule, **optim_fields):
+  c = common.get_base_config()
+  c.learning_rate, c.warmup_steps = 1.0, 10
+  c.optim.schedule = schedule
+  for k, v in optim_fields.items():
+    c.optim[k] = v
+  return c
+
+
+def test_warmup_then_cosine_boundaries():
+  f = optim.learning_rate_schedule(_config('cosine'), total_steps=110)
+  np.testing.assert_allclose([f(0), f(5), f(10), f(60), f(110)], [0.0, 0.5, 1.0, 0.5, 0.0],
+                             atol=1e-6)
+
+
+def test_linear_and_step_decay():
+  lin = optim.learning_rate_schedule(_config('linear', end_learning_rate_factor=0.1), 110)
+  np.testing.assert_allclose([lin(10), lin(60), lin(110)], [1.0, 0.55, 0.1], atol=1e-6)
+  step = optim.learning_rate_schedule(_config('step', step_boundaries=(0.5, 0.75)), 110)
+  np.testing.assert_allclose([step(10), step(59), step(61), step(86), step(109)],
+                             [1.0, 1.0, 0.1, 0.01, 0.01], atol=1e-7)
+
+
+def test_rsqrt_schedule_is_inverse_square_root_after_warmup():
+  f = optim.learning_rate_schedule(_config('rsqrt'), 1000)
+  np.testing.assert_allclose([f(10), f(40), f(90)], [1.0, 0.5, np.sqrt(10 / 90)], atol=1e-6)
+
+
+def test_schedule_errors():
+  with pytest.raises(ValueError, match="valid: \\['cosine'"):
+    optim.learning_rate_schedule(_config('cosin'), 100)
+  with pytest.raises(ValueError, match='warmup_steps \\(10\\).*\\(5\\)'):
+    optim.learning_rate_schedule(_config('cosine'), 5)
+
+
+def test_weight_decay_mask():
+  params = {'patch_embedding': {'kernel': jnp.zeros((4, 4, 1, 8)), 'bias': jnp.zeros(8)},
+            'pos_embedding': jnp.zeros((1, 49, 8)), 'cls_token': jnp.zeros((1, 1, 8)),
+            'encoder_block_0': {'ln_mlp': {'scale': jnp.ones(8), 'bias': jnp.zeros(8)},
+                                'mlp': {'Dense_0': {'kernel': jnp.zeros((8, 16))}}}}
+  mask = optim.weight_decay_mask(params)
+  assert mask == {'patch_embedding': {'kernel': True, 'bias': False},
+                  'pos_embedding': False, 'cls_token': False,
+                  'encoder_block_0': {'ln_mlp': {'scale': False, 'bias': False},
+                                      'mlp': {'Dense_0': {'kernel': True}}}}
+
+
+def test_decoupled_weight_decay_only_on_masked_params():
+  c = _config('constant', weight_decay=0.5, grad_clip_norm=0.0)
+  c.warmup_steps = 0
+  c.optim.name = 'sgd'
+  c.optim.momentum = 0.0
+  tx, _ = optim.build(c, 100)
+  params = {'dense': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}}
+  zero_grads = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero_grads, tx.init(params), params)
+  np.testing.assert_allclose(updates['dense']['kernel'], -0.5 * np.ones((2, 2)))
+  np.testing.assert_allclose(updates['dense']['bias'], np.zeros(2))
+
+
+def test_gradient_clipping_caps_global_norm():
+  c = _config('constant', grad_clip_norm=1.0)
+  c.warmup_steps = 0
+  c.optim.name, c.optim.momentum = 'sgd', 0.0
+  tx, _ = optim.build(c, 100)
+  params = {'w': jnp.zeros(4)}
+  updates, _ = tx.update({'w': jnp.full(4, 10.0)}, tx.init(params), params)
+  np.testing.assert_allclose(jnp.linalg.norm(updates['w']), 1.0, rtol=1e-6)
+
+
+def test_label_smoothing_targets():
+  t = tasks.smoothed_targets(jnp.array([3]), 10, 0.1)
+  np.testing.assert_allclose(t[0, 3], 0.91, rtol=1e-6)
+  np.testing.assert_allclose(np.delete(np.asarray(t[0]), 3), np.full(9, 0.01), rtol=1e-6)
+  np.testing.assert_allclose(t.sum(), 1.0, rtol=1e-6)
+
+
+def test_classification_metrics_are_masked_sums():
+  task = tasks.ClassificationTask(num_classes=10)
+  logits = jax.nn.one_hot(jnp.array([1, 2, 3, 4]), 10) * 10.0
+  batch = {'label': jnp.array([1, 2, 0, 0]), 'mask': jnp.array([1.0, 1.0, 1.0, 0.0])}
+  m = task.metrics(logits, batch)
+  np.testing.assert_allclose(m['top1'], [2.0, 3.0])
+  np.testing.assert_allclose(m['top5'], [3.0, 3.0])  # Label 0 is in the top 5 of row 2.

@@ -1,0 +1,150 @@
+"""End to end through train.trainer.run: resume, corrupt checkpoints, NaN, SIGTERM,
+the real vit_cifar10 config under tfds mock data, and config errors from launch.py."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import vit_cifar10
+from train import trainer
+from tests.conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _params(workdir, step):
+  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  return ocp.StandardCheckpointer().restore(path)['params']
+
+
+def _assert_same_params(a, b):
+  flat_a, flat_b = (dict(_flatten(x)) for x in (a, b))
+  assert flat_a.keys() == flat_b.keys()
+  for k in flat_a:
+    np.testing.assert_allclose(flat_a[k], flat_b[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def _flatten(tree, prefix=''):
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      yield from _flatten(v, f'{prefix}{k}/')
+    else:
+      yield f'{prefix}{k}', np.asarray(v)
+
+
+def test_resume_equals_uninterrupted_and_corrupt_latest_falls_back(fmnist_dir, tmp_path, caplog):
+  config = tiny_config(fmnist_dir)
+  config.model.dropout_rate = 0.1  # The resumed RNG matters too.
+  config.augment.random_erasing_prob = 0.5
+  full = str(tmp_path / 'full')
+  trainer.run(config, full)
+
+  split = str(tmp_path / 'split')
+  config.num_train_steps = 3
+  trainer.run(config, split)
+  config.num_train_steps = 6
+  metrics = trainer.run(config, split)  # Resumes at step 3, data position included.
+  assert metrics['step'] == 6
+  _assert_same_params(_params(full, 6), _params(split, 6))
+  with open(os.path.join(full, 'metrics.jsonl')) as f:
+    assert '"split": "eval"' in f.read()
+
+  # Corrupt the latest checkpoint: the run resumes from step 3 with a warning and
+  # ends with the same parameters; the corrupt files are kept aside.
+  state_dir = os.path.join(full, 'checkpoints', '6', 'state')
+  for name in os.listdir(state_dir):
+    path = os.path.join(state_dir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+  reference = _params(split, 6)
+  trainer.run(config, full)
+  assert 'cannot be restored' in caplog.text
+  assert os.listdir(os.path.join(full, 'checkpoints_corrupt'))
+  _assert_same_params(reference, _params(full, 6))
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(fmnist_dir, tmp_path):
+  config = tiny_config(fmnist_dir)
+  workdir = str(tmp_path / 'run')
+  config.num_train_steps = 3
+  trainer.run(config, workdir)
+  config.num_train_steps = 6
+  config.data.std = (0.0,)  # Division by zero in normalisation from step 4 on.
+  with pytest.raises(trainer.NonFiniteLossError, match='at step 4'):
+    trainer.run(config, workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3']
+
+
+def test_sigterm_saves_and_exits_cleanly(fmnist_dir, tmp_path):
+  config = tiny_config(fmnist_dir)
+  config.num_train_steps = 50
+  config.checkpoint_every_steps = 0
+  config.eval_every_steps = 0
+  workdir = str(tmp_path / 'run')
+  original = trainer._Preemption._handle
+  sent = []
+
+  class Signaller(trainer._Preemption):  # Sends SIGTERM to itself once training runs.
+    def __enter__(self):
+      result = super().__enter__()
+      os.kill(os.getpid(), signal.SIGTERM)
+      sent.append(True)
+      return result
+
+  old = trainer._Preemption
+  trainer._Preemption = Signaller
+  try:
+    metrics = trainer.run(config, workdir)
+  finally:
+    trainer._Preemption = old
+  assert sent and trainer._Preemption._handle is original
+  assert metrics['step'] < 50
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(metrics['step'])]
+
+
+def test_vit_cifar10_config_runs_under_tfds_mock_data(tmp_path):
+  config = vit_cifar10.get_config()
+  config.model.hidden_size, config.model.num_layers, config.model.mlp_dim = 24, 1, 48
+  config.model.num_heads = 2
+  config.batch_size, config.eval_batch_size = 16, 8
+  config.num_train_steps, config.warmup_steps = 2, 1
+  config.data.num_threads = 1
+  with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):
+    metrics = trainer.run(config, str(tmp_path / 'run'))
+  assert metrics['num_examples'] == 20  # Eval covers 20 examples in 3 padded batches of 8.
+  assert np.isfinite(metrics['loss'])
+
+
+def test_validate_errors(fmnist_dir):
+  config = tiny_config(fmnist_dir)
+  config.batch_size = 100
+  with pytest.raises(ValueError, match=r'\(100\).*\(8\)'):
+    trainer.validate(config, 8)
+  config.batch_size, config.parallel = 16, 'pjit'
+  with pytest.raises(ValueError, match=r"config.parallel='pjit'.*\['jit', 'pmap'\]"):
+    trainer.validate(config, 8)
+  config.parallel, config.grad_accum_steps = 'jit', 3
+  with pytest.raises(ValueError, match='grad_accum_steps'):
+    trainer.validate(config, 8)
+
+
+def _launch(*args):
+  return subprocess.run([sys.executable, 'launch.py', '--config=configs/vit_fashion_mnist.py',
+                         *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                        env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+
+
+def test_launch_rejects_unknown_field_and_wrong_type(tmp_path):
+  result = _launch('--config.learning_rat=0.1', f'--workdir={tmp_path}')
+  assert result.returncode != 0
+  assert 'learning_rat' in result.stderr and 'Did you mean "learning_rate"' in result.stderr
+  result = _launch('--config.batch_size=many', f'--workdir={tmp_path}')
+  assert result.returncode != 0 and 'batch_size' in result.stderr
+  assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))

@@ -1,0 +1,92 @@
+"""ViT: shapes, published parameter counts, position-embedding interpolation, errors."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nets
+from nets import layers
+
+
+def _num_params(model, shape):
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+  return sum(x.size for x in jax.tree.leaves(variables['params']))
+
+
+# Counts of the reference implementations (the paper's Table 1 rounds them:
+# Ti 5.7 M, S 22 M, B 86 M, L 307 M with patch 16 at 224x224, 1000 classes).
+@pytest.mark.parametrize('name,expected', [
+    ('vit_ti16', 5_717_416), ('vit_s16', 22_050_664), ('vit_b16', 86_567_656),
+    ('vit_l16', 304_326_632), ('vit_b32', 88_224_232)])
+def test_parameter_counts(name, expected):
+  assert _num_params(nets.build(name, num_classes=1000), (1, 224, 224, 3)) == expected
+
+
+@pytest.mark.parametrize('classifier', ['token', 'gap'])
+def test_output_shape_and_finite(classifier):
+  model = nets.build('vit_custom', num_classes=7, image_size=32, patch_size=8, hidden_size=32,
+                     num_layers=2, mlp_dim=64, num_heads=4, classifier=classifier,
+                     drop_path_rate=0.1, dropout_rate=0.1)
+  x = jax.random.normal(jax.random.key(1), (3, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x)
+  logits = model.apply(variables, x, train=True, rngs={'dropout': jax.random.key(2)})
+  chex.assert_shape(logits, (3, 7))
+  chex.assert_tree_all_finite(logits)
+  assert logits.dtype == jnp.float32
+
+
+def test_position_embeddings_interpolate_to_new_resolution():
+  model = nets.build('vit_custom', num_classes=5, image_size=32, patch_size=8, hidden_size=16,
+                     num_layers=1, mlp_dim=32, num_heads=2)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  logits = model.apply(variables, jnp.ones((2, 48, 48, 3)))  # 6x6 grid from a 4x4 one.
+  chex.assert_shape(logits, (2, 5))
+  chex.assert_tree_all_finite(logits)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  model = nets.build('vit_custom', num_classes=5, image_size=16, patch_size=4, hidden_size=16,
+                     num_layers=1, mlp_dim=32, num_heads=2, dtype=jnp.bfloat16)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
+  assert model.apply(variables, jnp.ones((2, 16, 16, 3))).dtype == jnp.float32
+
+
+def test_bad_inputs_raise_clear_errors():
+  model = nets.build('vit_custom', num_classes=5, image_size=32, patch_size=8, hidden_size=16,
+                     num_layers=1, mlp_dim=32, num_heads=2)
+  with pytest.raises(ValueError, match='channels'):
+    model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+  with pytest.raises(ValueError, match='multiple of the patch size'):
+    model.init(jax.random.key(0), jnp.zeros((1, 30, 30, 3)))
+  with pytest.raises(ValueError, match=r"Did you mean \['vit_b16'"):
+    nets.build('vit_b61')
+  with pytest.raises(ValueError, match='Bad options'):
+    nets.build('vit_b16', num_clases=10)
+
+
+def test_attention_matches_reference_formula():
+  rng = np.random.default_rng(0)
+  q, k, v = (rng.normal(size=(2, 5, 3, 4)).astype(np.float32) for _ in range(3))
+  mask = rng.random((2, 1, 5, 5)) > 0.3
+  mask[..., 0] = True  # Every query sees at least one key.
+  logits = np.einsum('bqhd,bkhd->bhqk', q, k) / 2.0
+  logits = np.where(mask, logits, -np.inf)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  expected = np.einsum('bhqk,bkhd->bqhd', weights, v)
+  out = layers.dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(mask))
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+  # Agrees with JAX's own implementation.
+  np.testing.assert_allclose(out, jax.nn.dot_product_attention(q, k, v, mask=mask), atol=1e-5)
+
+
+def test_drop_path_drops_whole_examples():
+  x = jnp.ones((1000, 4))
+  y = layers.DropPath(0.25).apply({}, x, deterministic=False, rngs={'dropout': jax.random.key(0)})
+  kept = np.asarray(y[:, 0] > 0)
+  assert np.all((np.asarray(y) == 0) | np.isclose(np.asarray(y), 1 / 0.75))
+  assert np.all(np.asarray(y).min(1) == np.asarray(y).max(1))  # Whole rows.
+  assert 0.7 < kept.mean() < 0.8

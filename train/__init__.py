@@ -1,0 +1,1 @@
+"""The task-generic training engine: state, optimizer, steps, parallel engines, checkpoints."""

@@ -1,0 +1,100 @@
+"""Orbax checkpoints of {train state, data iterator position}, with automatic resume.
+
+Layout: <workdir>/checkpoints/<step>/{state, data}. Kept: the last `keep` checkpoints
+and the one with the best eval metric. Saves are asynchronous where Orbax supports it
+(training continues while the files are written). A latest checkpoint that fails to
+restore (corrupt or half-written) is moved to <workdir>/checkpoints_corrupt/ (never
+deleted) and the previous one is used, with a warning.
+"""
+
+import os
+import shutil
+import time
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from train.state import TrainState
+
+_SAVED_FIELDS = ('step', 'params', 'model_state', 'opt_state', 'rng')
+
+
+def _to_tree(state: TrainState) -> dict:
+  return {name: getattr(state, name) for name in _SAVED_FIELDS}
+
+
+class Checkpointer:
+  """Saves and restores train state plus Grain iterator state under `workdir`.
+
+  Args:
+    workdir: run directory; checkpoints go to <workdir>/checkpoints.
+    keep: number of most recent checkpoints kept.
+    best_metric: eval metric name whose maximum is kept as well ('' to disable).
+    async_save: write in a background thread.
+  """
+
+  def __init__(self, workdir: str, *, keep: int = 3, best_metric: str = 'top1',
+               async_save: bool = True):
+    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    self.corrupt_directory = os.path.abspath(os.path.join(workdir, 'checkpoints_corrupt'))
+    policies = [ocp.checkpoint_managers.LatestN(n=max(keep, 1))]
+    if best_metric:
+      policies.append(ocp.checkpoint_managers.BestN(
+          get_metric_fn=lambda m: m[best_metric], n=1, keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def save(self, state: TrainState, data_iterator, metrics: dict | None = None) -> None:
+    """Saves at `state.step` (canonical, replicated state). `metrics` (host floats)
+    rank the checkpoint for best-N retention; pass them only when they were computed
+    on this very state."""
+    step = int(jax.device_get(state.step))
+    if step in self.manager.all_steps():
+      return
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_to_tree(state)),
+        data=grain.checkpoint.CheckpointSave(data_iterator)), metrics=metrics, force=True)
+
+  def restore_latest(self, abstract_state: TrainState, data_iterator) -> TrainState | None:
+    """Restores the newest readable checkpoint into `abstract_state`'s structure and
+    shardings, and moves `data_iterator` to its saved position. Returns None when
+    there is no checkpoint."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_to_tree(abstract_state)),
+            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+      except Exception as e:  # pylint: disable=broad-except  # Any unreadable checkpoint.
+        logging.warning('Checkpoint at step %d cannot be restored (%s: %s); moving it to %s '
+                        'and trying the previous one.', step, type(e).__name__,
+                        str(e).splitlines()[0] if str(e) else '', self.corrupt_directory)
+        self._quarantine(step)
+        continue
+      logging.info('Resumed from checkpoint at step %d.', step)
+      return abstract_state.replace(**restored['state'])
+    return None
+
+  def _quarantine(self, step: int) -> None:
+    if jax.process_index() == 0:
+      os.makedirs(self.corrupt_directory, exist_ok=True)
+      source = os.path.join(self.directory, str(step))
+      shutil.move(source, os.path.join(self.corrupt_directory, f'{step}-{int(time.time())}'))
+    self.manager.reload()
+
+  def reached_preemption(self, step: int) -> bool:
+    """True when the cluster signalled preemption (multi-process jobs)."""
+    return self.manager.reached_preemption(step)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are on disk."""
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()

@@ -1,0 +1,90 @@
+"""Run reporting: console lines, TensorBoard scalars (tensorboardX, no TensorFlow) and
+<workdir>/metrics.jsonl (one JSON object per logged point: step, split, metrics).
+
+Only process 0 writes; the other processes get a writer that does nothing.
+"""
+
+import json
+import os
+import time
+
+import jax
+from absl import logging
+
+
+def format_duration(seconds: float) -> str:
+  """3725 -> '1h02m05s', 65 -> '1m05s', 5.2 -> '5s'."""
+  seconds = int(round(max(seconds, 0)))
+  h, rest = divmod(seconds, 3600)
+  m, s = divmod(rest, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else (f'{m}m{s:02d}s' if m else f'{s}s')
+
+
+class MetricWriter:
+  """Writes scalar metrics to the console, TensorBoard and metrics.jsonl."""
+
+  def __init__(self, workdir: str, *, tensorboard: bool = True):
+    self.active = jax.process_index() == 0
+    self._jsonl = self._tb = None
+    if not self.active:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, split: str, metrics: dict, console_suffix: str = '') -> None:
+    """Records `metrics` (name -> float) at `step` for `split` ('train' or 'eval')."""
+    if not self.active:
+      return
+    record = {'step': int(step), 'split': split, 'time': time.time(),
+              **{k: float(v) for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    if self._tb is not None:
+      for name, value in metrics.items():
+        self._tb.add_scalar(f'{split}/{name}', float(value), int(step))
+      self._tb.flush()
+    shown = ' | '.join(_format(k, v) for k, v in metrics.items())
+    logging.info('[%s] step %d | %s%s', split, step, shown, console_suffix)
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _format(name: str, value: float) -> str:
+  if name in ('learning_rate',):
+    return f'{name} {value:.3e}'
+  if name.endswith('per_sec'):
+    return f'{name} {value:.1f}'
+  return f'{name} {value:.4f}'
+
+
+def parameter_table(total: int, table: list[tuple[str, int]]) -> str:
+  """A printable per-module parameter table."""
+  width = max([len(name) for name, _ in table] + [6])
+  lines = [f'{"module":<{width}}  {"params":>12}']
+  lines += [f'{name:<{width}}  {count:>12,}' for name, count in table]
+  lines.append(f'{"total":<{width}}  {total:>12,}')
+  return '\n'.join(lines)
+
+
+class _LibraryInfoFilter:
+  """Drops INFO records emitted from inside library packages (Orbax logs every save
+  in detail); warnings and errors always pass."""
+  _NOISY = ('/orbax/', '/grain/', '/jax/', '/jaxlib/', '/tensorflow_datasets/', '/etils/')
+
+  def filter(self, record) -> bool:
+    return record.levelno > 20 or not any(p in record.pathname for p in self._NOISY)
+
+
+def quiet_library_logs() -> None:
+  """Keeps the console to this project's INFO lines plus everyone's warnings."""
+  import logging as std_logging  # pylint: disable=import-outside-toplevel
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  absl_logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+  std_logging.getLogger('absl').addFilter(_LibraryInfoFilter())

@@ -1,0 +1,57 @@
+"""The train state: everything a resumed run needs besides the data iterator."""
+
+from typing import Any, Callable
+
+import flax
+import jax
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Model and optimizer state, a pytree (so it can be jitted, donated and checkpointed).
+
+  Attributes:
+    step: int32 scalar, optimizer updates applied so far.
+    params: the model's 'params' collection, float32.
+    model_state: the other collections a model keeps (e.g. {'batch_stats': ...}), or {}.
+    opt_state: optax state.
+    rng: uint32 key data (`jax.random.key_data`); raw data so Orbax stores it as an array.
+    tx: the optax transformation (static, not saved).
+  """
+  step: jax.Array
+  params: Any
+  model_state: Any
+  opt_state: Any
+  rng: jax.Array
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  @property
+  def variables(self) -> dict:
+    """The variables dict for `model.apply`."""
+    return {'params': self.params, **self.model_state}
+
+
+def create(model, tx: optax.GradientTransformation, sample_input: jax.Array,
+           seed: int) -> TrainState:
+  """Initialises the model on `sample_input` ([1, ...], one example) and the optimizer.
+
+  Pure; the engines call it under jit (or `jax.eval_shape` for the abstract state).
+  """
+  rng = jax.random.key(seed)
+  init_rng, state_rng = jax.random.split(rng)
+  variables = model.init({'params': init_rng, 'dropout': init_rng}, sample_input, train=False)
+  variables = flax.core.unfreeze(variables)
+  params = variables.pop('params')
+  return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                    model_state=variables, opt_state=tx.init(params),
+                    rng=jax.random.key_data(state_rng), tx=tx)
+
+
+def count_params(params) -> tuple[int, list[tuple[str, int]]]:
+  """Total number of parameters and a per-top-level-module table [(name, count)]."""
+  table = [(name, sum(x.size for x in jax.tree.leaves(sub))) for name, sub in params.items()]
+  return sum(n for _, n in table), table
+
+
+TrainStepFn = Callable[[TrainState, dict], tuple[TrainState, dict]]

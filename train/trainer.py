@@ -1,0 +1,233 @@
+"""run(config, workdir): the training loop, top to bottom.
+
+1. Check the config and the data before anything compiles.
+2. Build model, task, optimizer, engine; restore the latest checkpoint or initialise.
+3. Loop: one jitted step per batch; metrics stay on the device until a log point.
+4. Evaluate on the whole eval split at eval points; save checkpoints at checkpoint
+   points, on SIGTERM and at the end. A non-finite loss stops the run with its step.
+"""
+
+import functools
+import json
+import math
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+import nets
+from data import pipeline, sources
+from train import checkpoint as checkpoint_lib
+from train import optim, parallel, reporting, tasks
+from train import state as state_lib
+
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or Inf."""
+
+
+def total_train_steps(config, num_train_examples: int) -> int:
+  """num_train_steps when > 0, else num_epochs full passes of the global batch."""
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  return max(1, int(config.num_epochs * (num_train_examples // config.batch_size)))
+
+
+def validate(config, num_devices: int) -> None:
+  """Cheap checks with clear messages, run before any data is read or compiled.
+
+  Raises ValueError naming the field, the bad value and the valid choices.
+  """
+  def choice(field, value, valid):
+    if value not in valid:
+      raise ValueError(f'config.{field}={value!r} is not valid; choose one of {list(valid)}')
+  choice('parallel', config.parallel, parallel.ENGINES)
+  choice('compute_dtype', config.compute_dtype, COMPUTE_DTYPES)
+  choice('optim.name', config.optim.name, optim.OPTIMIZERS)
+  choice('optim.schedule', config.optim.schedule, optim.SCHEDULES)
+  if config.model.name not in nets.REGISTRY:
+    nets.build(config.model.name)  # Raises with the valid names.
+  for field in ('batch_size', 'eval_batch_size', 'log_every_steps', 'grad_accum_steps'):
+    if config[field] <= 0:
+      raise ValueError(f'config.{field} must be positive, got {config[field]}')
+  for field in ('batch_size', 'eval_batch_size'):
+    parallel.check_batch_size(f'config.{field}', config[field], num_devices)
+  per_device = config.batch_size // num_devices
+  if per_device % config.grad_accum_steps:
+    raise ValueError(f'The per-device batch ({config.batch_size} / {num_devices} devices = '
+                     f'{per_device}) must be divisible by config.grad_accum_steps '
+                     f'({config.grad_accum_steps})')
+  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+    raise ValueError('Set config.num_train_steps > 0 or config.num_epochs > 0')
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks (save, then exit cleanly)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread (e.g. some test runners): no handler.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM received: saving a checkpoint and exiting.')
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def evaluate(eval_step, state, engine, config, source) -> dict:
+  """Exact metrics over the whole eval split: name -> sum / count (host floats)."""
+  totals = None
+  for batch in pipeline.eval_batches(config, source, process_index=jax.process_index(),
+                                     process_count=jax.process_count()):
+    metrics = eval_step(state, engine.put_batch(batch))
+    totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+  totals = engine.to_host(totals)
+  result = {name: float(v[0] / v[1]) for name, v in totals.items()}
+  result['num_examples'] = float(next(iter(totals.values()))[1])
+  return result
+
+
+def _summarise(step_metrics: list[dict], first_step: int) -> dict:
+  """Host metrics of consecutive steps -> averages. Raises NonFiniteLossError with the
+  step number of the first non-finite loss."""
+  for i, m in enumerate(step_metrics):
+    if not np.isfinite(m['loss'][0]):
+      raise NonFiniteLossError(f'Training loss is {m["loss"][0] / m["loss"][1]} at step '
+                               f'{first_step + i}; stopping. The last checkpoint written '
+                               'before it is kept.')
+  out = {}
+  for name in step_metrics[0]:
+    values = np.stack([m[name] for m in step_metrics])
+    out[name] = values[:, 0].sum() / values[:, 1].sum() if values.ndim == 2 else values.mean()
+  out['learning_rate'] = step_metrics[-1]['learning_rate']
+  return out
+
+
+def run(config, workdir: str) -> dict:
+  """Trains `config` in `workdir` (resuming if it has checkpoints).
+
+  Returns the final eval metrics (name -> float). Raises ValueError for bad configs,
+  sources.DatasetNotFoundError / FileNotFoundError for missing data,
+  NonFiniteLossError for a NaN/Inf loss.
+  """
+  engine = parallel.build(config.parallel)
+  validate(config, engine.num_devices)
+  train_source = sources.build(config, 'train')
+  eval_source = sources.build(config, 'eval')
+  total_steps = total_train_steps(config, len(train_source))
+
+  num_classes = sources.DATASETS.get(config.data.name, {}).get('num_classes', config.num_classes)
+  model = nets.build(config.model.name, num_classes=num_classes,
+                     dtype=COMPUTE_DTYPES[config.compute_dtype],
+                     **{k: v for k, v in config.model.items() if k != 'name'})
+  task = tasks.ClassificationTask(num_classes, config.label_smoothing)
+  tx, schedule = optim.build(config, total_steps)
+  sample = np.zeros((1,) + train_source[0]['image'].shape, np.float32)
+  init_fn = functools.partial(state_lib.create, model, tx, sample, config.seed)
+
+  train_iter = pipeline.train_iterator(config, train_source, process_index=jax.process_index(),
+                                       process_count=jax.process_count())
+  ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.checkpoint.keep,
+                                     best_metric=config.checkpoint.best_metric,
+                                     async_save=config.checkpoint.async_save)
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=engine.replicated),
+                          jax.eval_shape(init_fn))
+  restored = ckpt.restore_latest(abstract, train_iter)
+  state = engine.from_canonical(restored) if restored is not None else engine.init_state(init_fn)
+  step = int(parallel.replica(restored.step)) if restored is not None else 0
+
+  writer = reporting.MetricWriter(workdir)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  total, table = state_lib.count_params(abstract.params)
+  logging.info('Model %s: %s parameters\n%s', config.model.name, f'{total:,}',
+               reporting.parameter_table(total, table))
+  logging.info('Training %d steps (global batch %d, %d devices, %d processes, engine %s), '
+               'starting at step %d.', total_steps, config.batch_size, engine.num_devices,
+               jax.process_count(), engine.name, step)
+
+  train_step = engine.train_step(model=model, task=task, schedule=schedule,
+                                 accum_steps=config.grad_accum_steps)
+  eval_step = engine.eval_step(model=model, task=task)
+  run_eval = lambda s: evaluate(eval_step, s, engine, config, eval_source)
+
+  pending, pending_from = [], step + 1
+  # Throughput and ETA count only train steps after the first (compiling) one.
+  train_seconds, timed_steps, steps_since_mark, mark = 0.0, 0, 0, time.time()
+  compile_seconds = None
+  eval_metrics, eval_at = {}, None
+  start_time = time.time()
+  try:
+    with _Preemption() as preemption:
+      while step < total_steps:
+        state, metrics = train_step(state, engine.put_batch(next(train_iter)))
+        step += 1
+        pending.append(metrics)
+        steps_since_mark += 1
+        if compile_seconds is None:
+          jax.block_until_ready(metrics)
+          compile_seconds = time.time() - mark
+          logging.info('First step (compilation included) took %.1fs.', compile_seconds)
+          steps_since_mark, mark = 0, time.time()
+        is_last = step == total_steps
+        stop = preemption.requested or ckpt.reached_preemption(step)
+        do_eval = is_last or (config.eval_every_steps > 0 and step % config.eval_every_steps == 0)
+        do_ckpt = is_last or stop or (config.checkpoint_every_steps > 0
+                                      and step % config.checkpoint_every_steps == 0)
+        if step % config.log_every_steps == 0 or do_eval or do_ckpt:
+          summary = _summarise(engine.to_host(pending), pending_from)  # The only device sync.
+          train_seconds += time.time() - mark
+          timed_steps += steps_since_mark
+          steps_since_mark, mark = 0, time.time()
+          summary['examples_per_sec'] = (timed_steps * config.batch_size / train_seconds
+                                         if train_seconds > 0 else 0.0)
+          eta = (total_steps - step) * train_seconds / max(timed_steps, 1)
+          writer.write(step, 'train', summary,
+                       f' | {step}/{total_steps} | ETA {reporting.format_duration(eta)}')
+          pending, pending_from = [], step + 1
+        if do_eval:
+          eval_metrics, eval_at = run_eval(state), step
+          writer.write(step, 'eval', eval_metrics)
+        if do_ckpt:
+          ckpt.save(engine.to_canonical(state), train_iter,
+                    metrics=eval_metrics if eval_at == step else None)
+        if do_eval or do_ckpt:
+          mark = time.time()
+        if stop and not is_last:
+          logging.warning('Preempted at step %d: checkpoint saved, exiting.', step)
+          break
+  finally:  # Pending async saves finish (and are never left half-written) on any exit.
+    ckpt.wait()
+    ckpt.close()
+  if not eval_metrics:  # Resumed at the end: evaluate the restored state.
+    eval_metrics = run_eval(state)
+    writer.write(step, 'eval', eval_metrics)
+  eval_metrics = dict(eval_metrics, wall_seconds=time.time() - start_time,
+                      compile_seconds=compile_seconds or 0.0, step=step,
+                      train_examples_per_sec=(timed_steps * config.batch_size / train_seconds
+                                              if train_seconds > 0 else 0.0))
+  writer.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'final_metrics.json'), 'w', encoding='utf-8') as f:
+      json.dump(eval_metrics, f, indent=2)
+  logging.info('Done at step %d: %s', step, json.dumps(eval_metrics))
+  return eval_metrics
