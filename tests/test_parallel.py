@@ -30,6 +30,7 @@ def _setup(accum_steps=1):
   return init_fn, batches, kwargs
 
 
+@functools.lru_cache(maxsize=None)  # The 1-device reference is shared by all cases.
 def _train(engine_name, num_devices, accum_steps=1):
   init_fn, batches, kwargs = _setup(accum_steps)
   engine = parallel.build(engine_name, jax.devices()[:num_devices])

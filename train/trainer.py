@@ -120,6 +120,23 @@ def _summarise(step_metrics: list[dict], first_step: int) -> dict:
   return out
 
 
+def build_components(config, total_steps: int, image_shape: tuple):
+  """Model, task, optimizer, schedule and state initialiser for `config`.
+
+  image_shape: (height, width, channels) of one input. Shared by the trainer and the
+  benchmark so both measure the same computation.
+  """
+  num_classes = sources.DATASETS.get(config.data.name, {}).get('num_classes', config.num_classes)
+  model = nets.build(config.model.name, num_classes=num_classes,
+                     dtype=COMPUTE_DTYPES[config.compute_dtype],
+                     **{k: v for k, v in config.model.items() if k != 'name'})
+  task = tasks.ClassificationTask(num_classes, config.label_smoothing)
+  tx, schedule = optim.build(config, total_steps)
+  sample = np.zeros((1,) + tuple(image_shape), np.float32)
+  init_fn = functools.partial(state_lib.create, model, tx, sample, config.seed)
+  return model, task, tx, schedule, init_fn
+
+
 def run(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it has checkpoints).
 
@@ -133,14 +150,8 @@ def run(config, workdir: str) -> dict:
   eval_source = sources.build(config, 'eval')
   total_steps = total_train_steps(config, len(train_source))
 
-  num_classes = sources.DATASETS.get(config.data.name, {}).get('num_classes', config.num_classes)
-  model = nets.build(config.model.name, num_classes=num_classes,
-                     dtype=COMPUTE_DTYPES[config.compute_dtype],
-                     **{k: v for k, v in config.model.items() if k != 'name'})
-  task = tasks.ClassificationTask(num_classes, config.label_smoothing)
-  tx, schedule = optim.build(config, total_steps)
-  sample = np.zeros((1,) + train_source[0]['image'].shape, np.float32)
-  init_fn = functools.partial(state_lib.create, model, tx, sample, config.seed)
+  image_shape = train_source[0]['image'].shape
+  model, task, tx, schedule, init_fn = build_components(config, total_steps, image_shape)
 
   train_iter = pipeline.train_iterator(config, train_source, process_index=jax.process_index(),
                                        process_count=jax.process_count())

@@ -1,0 +1,77 @@
+r"""The same-size ViT in PyTorch, timed the same way as `python -m train.bench`.
+
+  pip install torch==2.13.0        # not a project requirement; a peer baseline only
+  python -m benchmarks.torch_vit --config=configs/vit_fashion_mnist.py [--steps=30]
+
+Architecture mirrors nets/vit.py: a PxP stride-P convolutional patch embedding,
+class token, learned position embeddings, pre-LN encoder layers
+(torch.nn.TransformerEncoderLayer with norm_first=True, GELU), final LayerNorm and a
+linear head; AdamW with global-norm clipping; one train step = forward, cross
+entropy, backward, clip, update.
+"""
+
+import json
+import time
+
+import torch
+from absl import app, flags
+from ml_collections import config_flags
+from torch import nn
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+_STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps (after warm-up steps).')
+flags.mark_flags_as_required(['config'])
+
+
+class TorchViT(nn.Module):
+  """Pre-LN ViT classifier, [b, c, h, w] -> [b, num_classes]."""
+
+  def __init__(self, image_size, patch_size, channels, hidden, layers, mlp, heads, classes):
+    super().__init__()
+    grid = image_size // patch_size
+    self.patch = nn.Conv2d(channels, hidden, patch_size, stride=patch_size)
+    self.cls = nn.Parameter(torch.zeros(1, 1, hidden))
+    self.pos = nn.Parameter(torch.randn(1, grid * grid + 1, hidden) * 0.02)
+    layer = nn.TransformerEncoderLayer(hidden, heads, mlp, dropout=0.0, activation='gelu',
+                                       batch_first=True, norm_first=True)
+    self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+    self.norm = nn.LayerNorm(hidden, eps=1e-6)
+    self.head = nn.Linear(hidden, classes)
+
+  def forward(self, x):
+    x = self.patch(x).flatten(2).transpose(1, 2)
+    x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+    return self.head(self.norm(self.encoder(x))[:, 0])
+
+
+def main(argv):
+  del argv
+  c = _CONFIG.value
+  m = c.model
+  model = TorchViT(m.image_size, m.patch_size, m.num_channels, m.hidden_size, m.num_layers,
+                   m.mlp_dim, m.num_heads, 10)
+  opt = torch.optim.AdamW(model.parameters(), lr=c.learning_rate, weight_decay=0.05)
+  x = torch.randn(c.batch_size, m.num_channels, m.image_size, m.image_size)
+  y = torch.randint(0, 10, (c.batch_size,))
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), c.optim.grad_clip_norm)
+    opt.step()
+
+  for _ in range(3):
+    step()
+  t = time.perf_counter()
+  for _ in range(_STEPS.value):
+    step()
+  step_s = (time.perf_counter() - t) / _STEPS.value
+  print(json.dumps({'framework': f'torch {torch.__version__}', 'threads': torch.get_num_threads(),
+                    'params': sum(p.numel() for p in model.parameters()),
+                    'batch_size': c.batch_size, 'step_ms': round(step_s * 1e3, 2),
+                    'examples_per_s': round(c.batch_size / step_s, 1)}))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,71 @@
+r"""Training throughput of a config on synthetic data: compile time, step time,
+examples/s and model FLOP/s (XLA's cost analysis of the compiled step).
+
+  python -m train.bench --config=configs/vit_fashion_mnist.py [--steps=30] \
+      [--config.batch_size=256 --config.compute_dtype=bfloat16 ...]
+
+Uses the trainer's own components (model, task, optax chain, engine), so it times
+exactly the step that `launch.py` runs, without the input pipeline.
+"""
+
+import json
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from train import parallel, trainer
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+_STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps (after one compile step).')
+flags.mark_flags_as_required(['config'])
+
+
+def benchmark(config, steps: int) -> dict:
+  """Times `steps` train steps of `config` on random data; returns the numbers."""
+  engine = parallel.build(config.parallel)
+  trainer.validate(config, engine.num_devices)
+  m = config.model
+  shape = (m.get('image_size', 224), m.get('image_size', 224), m.get('num_channels', 3))
+  model, task, _, schedule, init_fn = trainer.build_components(config, 10 ** 6, shape)
+  state = engine.init_state(init_fn)
+  rng = np.random.default_rng(0)
+  local_batch = config.batch_size // jax.process_count()
+  batch = engine.put_batch({'image': rng.normal(size=(local_batch,) + shape).astype(np.float32),
+                            'label': rng.integers(0, 10, local_batch).astype(np.int32)})
+  step_fn = engine.train_step(model=model, task=task, schedule=schedule,
+                              accum_steps=config.grad_accum_steps)
+  flops = None
+  if engine.name == 'jit':
+    cost = step_fn.lower(state, batch).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = (cost or {}).get('flops')
+  t = time.perf_counter()
+  state, metrics = step_fn(state, batch)
+  jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - t
+  t = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = step_fn(state, batch)
+  jax.block_until_ready(metrics)
+  step_s = (time.perf_counter() - t) / steps
+  result = {'device': f'{jax.device_count()}x {jax.devices()[0].device_kind}',
+            'engine': engine.name, 'batch_size': config.batch_size,
+            'compute_dtype': config.compute_dtype, 'compile_s': round(compile_s, 2),
+            'step_ms': round(step_s * 1e3, 2),
+            'examples_per_s': round(config.batch_size / step_s, 1)}
+  if flops:
+    result['gflop_per_step'] = round(flops / 1e9, 3)
+    result['tflop_per_s'] = round(flops / step_s / 1e12, 4)
+  return result
+
+
+def main(argv):
+  del argv
+  print(json.dumps(benchmark(_CONFIG.value, _STEPS.value)))
+
+
+if __name__ == '__main__':
+  app.run(main)
