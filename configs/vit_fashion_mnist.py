@@ -5,8 +5,8 @@ r"""A small ViT on Fashion-MNIST from local IDX files: the offline default.
 
 28x28x1 images, patch 7 -> 4x4 = 16 tokens plus a class token; 4 pre-LN blocks of
 width 128. Sized to reach >= 90 % test accuracy within 10 minutes on a 2-core CPU
-(see README: Results). In this short budget the model underfits, so no augmentation:
-random crop + flip cost ~8 points of test accuracy after one epoch (measured, README).
+(see README: Results). In this short budget random crops slow learning too much (with crop + flip, test
+accuracy after one epoch is 8 points lower; README), so only flips are used.
 """
 
 from configs import common
@@ -33,11 +33,12 @@ def get_config():
   c.batch_size = 128
   c.eval_batch_size = 1000
   c.learning_rate = 2e-3
-  c.warmup_steps = 300
+  c.warmup_steps = 100
   c.label_smoothing = 0.0
   c.optim.weight_decay = 0.05
+  c.optim.b2 = 0.98               # Shorter second-moment memory: faster early progress.
   c.augment.crop_padding = 0
-  c.augment.flip = False
+  c.augment.flip = True           # Cheap regulariser; the model overfits by epoch 9.
   c.eval_every_steps = 468       # Every epoch.
   c.checkpoint_every_steps = 936  # Every 2 epochs.
   c.log_every_steps = 100
