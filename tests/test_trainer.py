@@ -148,3 +148,35 @@ def test_launch_rejects_unknown_field_and_wrong_type(tmp_path):
   result = _launch('--config.batch_size=many', f'--workdir={tmp_path}')
   assert result.returncode != 0 and 'batch_size' in result.stderr
   assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
+
+
+def _free_port():
+  import socket  # pylint: disable=import-outside-toplevel
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.parametrize('engine', ['jit', 'pmap'])
+def test_two_processes_train_together(fmnist_dir, tmp_path, engine):
+  """Two local CPU processes joined by jax.distributed (gloo) act as two hosts."""
+  import json  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / 'run'
+  args = ['--config.data.dir=' + fmnist_dir, '--config.num_train_steps=4',
+          '--config.warmup_steps=1', '--config.model.num_layers=1',
+          '--config.model.hidden_size=16', '--config.model.mlp_dim=32',
+          '--config.model.num_heads=2', '--config.batch_size=16', '--config.eval_batch_size=16',
+          '--config.eval_every_steps=2', '--config.checkpoint_every_steps=2',
+          f'--config.parallel={engine}', f'--workdir={workdir}']
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, 'launch.py', '--config=configs/vit_fashion_mnist.py', *args,
+       f'--coordinator_address=localhost:{port}', '--num_processes=2', f'--process_id={i}'],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}) for i in range(2)]
+  outputs = [p.communicate(timeout=240)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert all('2 processes' in out for out in outputs)
+  final = json.loads((workdir / 'final_metrics.json').read_text())
+  assert final['num_examples'] == 36 and final['step'] == 4  # Every eval example once.
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
