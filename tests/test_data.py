@@ -1,6 +1,5 @@
 """Fashion-MNIST IDX reader, augmentations, Grain pipelines, TFDS sources."""
 
-import os
 import time
 
 import numpy as np

@@ -89,9 +89,6 @@ class Checkpointer:
     """True when the cluster signalled preemption (multi-process jobs)."""
     return self.manager.reached_preemption(step)
 
-  def latest_step(self) -> int | None:
-    return self.manager.latest_step()
-
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
     self.manager.wait_until_finished()

@@ -1,6 +1,6 @@
 """The train state: everything a resumed run needs besides the data iterator."""
 
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import jax
@@ -53,5 +53,3 @@ def count_params(params) -> tuple[int, list[tuple[str, int]]]:
   table = [(name, sum(x.size for x in jax.tree.leaves(sub))) for name, sub in params.items()]
   return sum(n for _, n in table), table
 
-
-TrainStepFn = Callable[[TrainState, dict], tuple[TrainState, dict]]

@@ -9,7 +9,6 @@
 
 import functools
 import json
-import math
 import os
 import signal
 import time
