@@ -4,9 +4,11 @@ r"""A small ViT on Fashion-MNIST from local IDX files: the offline default.
   python launch.py --config=configs/vit_fashion_mnist.py
 
 28x28x1 images, patch 7 -> 4x4 = 16 tokens plus a class token; 4 pre-LN blocks of
-width 128. Sized to reach >= 90 % test accuracy within 10 minutes on a 2-core CPU
-(see README: Results). In this short budget random crops slow learning too much (with crop + flip, test
-accuracy after one epoch is 8 points lower; README), so only flips are used.
+width 64 (139 K parameters). Sized for a 10-minute budget on a 2-core CPU: on that
+machine the narrow model runs 2.3x more examples per second than width 128 and, given
+19 epochs instead of 9, ends higher (README: Results). Random crops slow learning too
+much in this budget (8 points lower after one epoch); flips, Random Erasing and label
+smoothing are used against the overfitting seen at the end of training.
 """
 
 from configs import common
@@ -22,24 +24,25 @@ def get_config():
   c.model.image_size = 28
   c.model.patch_size = 7
   c.model.num_channels = 1
-  c.model.hidden_size = 128
+  c.model.hidden_size = 64
   c.model.num_layers = 4
-  c.model.mlp_dim = 256
+  c.model.mlp_dim = 128
   c.model.num_heads = 4
   c.model.classifier = 'token'
   c.model.dropout_rate = 0.0
   c.model.drop_path_rate = 0.0
-  c.num_epochs = 9.0
+  c.num_epochs = 19.0
   c.batch_size = 128
   c.eval_batch_size = 1000
   c.learning_rate = 2e-3
   c.warmup_steps = 100
-  c.label_smoothing = 0.0
+  c.label_smoothing = 0.1
   c.optim.weight_decay = 0.05
   c.optim.b2 = 0.98               # Shorter second-moment memory: faster early progress.
   c.augment.crop_padding = 0
-  c.augment.flip = True           # Cheap regulariser; the model overfits by epoch 9.
-  c.eval_every_steps = 468       # Every epoch.
-  c.checkpoint_every_steps = 936  # Every 2 epochs.
+  c.augment.flip = True
+  c.augment.random_erasing_prob = 0.5  # Zhong et al. 2017 use 0.5 on Fashion-MNIST.
+  c.eval_every_steps = 1872      # Every 4 epochs.
+  c.checkpoint_every_steps = 1872
   c.log_every_steps = 100
   return c
