@@ -93,12 +93,13 @@ class PmapEngine:
     return jax.tree.map(lambda x: jax.device_put(x.reshape((n, -1) + x.shape[1:]), self._stacked),
                         batch)
 
-  def _pmap(self, fn, **kwargs):
+  def _pmap(self, fn, donate_argnums=(), **kwargs):
     return jax.pmap(functools.partial(fn, axis_name=AXIS, **kwargs), axis_name=AXIS,
-                    devices=self._devices, **({'donate_argnums': 0} if fn is step_lib.train_step else {}))
+                    devices=self._devices, donate_argnums=donate_argnums)
 
   def train_step(self, **kwargs):
-    return self._pmap(step_lib.train_step, **kwargs)
+    """The pmapped train step `(state, batch) -> (state, metrics)`, state donated."""
+    return self._pmap(step_lib.train_step, donate_argnums=0, **kwargs)
 
   def eval_step(self, **kwargs):
     return self._pmap(step_lib.eval_step, **kwargs)
