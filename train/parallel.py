@@ -56,13 +56,16 @@ class JitEngine:
                    out_shardings=self.replicated)
 
   def eval_step(self, **kwargs):
+    """The jitted eval step `(state, batch) -> metrics` ((sum, count) pairs, replicated)."""
     return jax.jit(functools.partial(step_lib.eval_step, **kwargs),
                    out_shardings=self.replicated)
 
   def to_canonical(self, state):
+    """The state as checkpoints store it; the jit engine already holds that form."""
     return state
 
   def from_canonical(self, state):
+    """A restored (replicated) state in this engine's layout: unchanged for jit."""
     return state
 
   def to_host(self, tree):
@@ -85,6 +88,7 @@ class PmapEngine:
     self._stacked = NamedSharding(Mesh(np.asarray(self.local_devices), (AXIS,)), P(AXIS))
 
   def init_state(self, init_fn):
+    """Runs `init_fn() -> TrainState` once and copies the result to every local device."""
     return self.from_canonical(jax.jit(init_fn)())
 
   def put_batch(self, batch: dict) -> dict:
@@ -102,6 +106,7 @@ class PmapEngine:
     return self._pmap(step_lib.train_step, donate_argnums=0, **kwargs)
 
   def eval_step(self, **kwargs):
+    """The pmapped eval step `(state, batch) -> metrics`, psum-ed over all devices."""
     return self._pmap(step_lib.eval_step, **kwargs)
 
   def to_host(self, tree):
