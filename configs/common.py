@@ -37,7 +37,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.eps = 1e-8              # Adam epsilon.
   c.optim.momentum = 0.9          # SGD momentum.
   c.optim.nesterov = False        # SGD Nesterov momentum.
-  c.optim.weight_decay = 0.0      # Decoupled weight decay coefficient (x learning rate).
+  c.optim.weight_decay = 0.0      # Weight decay coefficient (x learning rate).
+  c.optim.weight_decay_mode = 'decoupled'  # 'decoupled' (AdamW/SGDW, after the moments)
+                                  # or 'coupled' (L2 added to the gradient, PyTorch SGD).
   c.optim.no_decay_names = ('pos_embedding', 'cls_token')  # Parameter paths never decayed
                                   # (besides all biases and norm scales, which are 1-D).
   c.optim.grad_clip_norm = 1.0    # Global-norm gradient clipping; 0 disables it.
@@ -53,11 +55,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.tfds_data_dir = ''       # TFDS data dir ('' = TFDS default, ~/tensorflow_datasets).
   c.data.mean = (0.5, 0.5, 0.5)   # Per-channel normalisation, in [0, 1] units.
   c.data.std = (0.5, 0.5, 0.5)
+  c.data.eval_crop_size = 0      # > 0: eval images are resized (shorter side to
+  c.data.eval_resize_size = 0    # eval_resize_size) and center-cropped to this size.
   c.data.num_threads = 4          # Grain reader threads per process.
   c.data.prefetch_batches = 8     # Grain prefetch buffer, in elements.
   c.data.num_workers = 0          # Grain worker processes (0: threads only).
 
   c.augment = ml_collections.ConfigDict()
+  c.augment.random_resized_crop_size = 0  # > 0: Inception-style random-resized crop to
+                                  # this size (per example, before batching).
+  c.augment.random_resized_crop_scale = (0.08, 1.0)  # Its range of crop area fractions.
   c.augment.crop_padding = 0      # Random crop after zero padding by this many pixels.
   c.augment.flip = False          # Random horizontal flip.
   c.augment.random_erasing_prob = 0.0  # Random Erasing probability (Zhong et al. 2017).

@@ -27,6 +27,13 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
+def train_image_shape(config, source) -> tuple:
+  """(height, width, channels) of the training batches' images."""
+  shape = tuple(source[0]['image'].shape)
+  size = config.augment.random_resized_crop_size
+  return (size, size, shape[-1]) if size > 0 else shape
+
+
 def train_iterator(config, source, *, process_index: int = 0, process_count: int = 1):
   """An endless iterator of augmented training batches for this process.
 
@@ -42,6 +49,10 @@ def train_iterator(config, source, *, process_index: int = 0, process_count: int
       cutmix_alpha=aug.cutmix_alpha)
   ds = grain.MapDataset.source(source)[process_index::process_count]
   ds = ds.shuffle(seed=config.seed).repeat()
+  if aug.random_resized_crop_size > 0:
+    ds = ds.random_map(transforms.RandomResizedCrop(aug.random_resized_crop_size,
+                                                    tuple(aug.random_resized_crop_scale)),
+                       seed=config.seed + 2)
   ds = ds.batch(batch, drop_remainder=True).random_map(augment, seed=config.seed + 1)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.data.num_threads,
                                             prefetch_buffer_size=config.data.prefetch_batches))
@@ -65,7 +76,11 @@ def eval_batches(config, source, *, process_index: int = 0,
   """
   batch = local_batch_size(config.eval_batch_size, process_count)
   total = num_eval_batches(len(source), config.eval_batch_size, process_count)
-  ds = grain.MapDataset.source(source)[process_index::process_count].batch(batch)
+  ds = grain.MapDataset.source(source)[process_index::process_count]
+  if config.data.eval_crop_size > 0:
+    ds = ds.map(transforms.ResizeCenterCrop(config.data.eval_crop_size,
+                                            config.data.eval_resize_size))
+  ds = ds.batch(batch)
   ds = ds.map(transforms.EvalPreprocess(tuple(config.data.mean), tuple(config.data.std)))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.data.num_threads,
                                             prefetch_buffer_size=config.data.prefetch_batches))

@@ -4,13 +4,98 @@ Every transform takes a batch and a `np.random.Generator`; Grain derives that
 generator from the pipeline seed and the batch index, so the augmentation of a
 given batch is the same on every run and after every resume.
 
-  images: [batch, height, width, channels] uint8 before `to_float`, float32 after.
+  images: [batch, height, width, channels] uint8 before `normalize`, float32 after.
+
+Datasets with images of varying size (ImageNet) are first brought to one size per
+example, before batching: `random_resized_crop` for training, `resize_center_crop`
+for evaluation (resampling by Pillow).
 """
 
 import dataclasses
+import math
 
 import grain
 import numpy as np
+from PIL import Image
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Bilinear (antialiased) resize of one [h, w, c] uint8 image to [height, width, c]."""
+  channels = image.shape[-1]
+  pil = Image.fromarray(image[..., 0] if channels == 1 else image)
+  out = np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR))
+  return out.reshape(height, width, channels)
+
+
+def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
+                        scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                        attempts: int = 10) -> np.ndarray:
+  """The Inception crop (Szegedy et al. 2015, "Going Deeper with Convolutions", Sec. 6):
+  a crop covering a uniform fraction `scale` of the image area with a log-uniform
+  aspect ratio in `ratio`, resized to size x size. After `attempts` misses, the
+  largest central crop with the aspect ratio clamped to `ratio`.
+
+  image: [h, w, c] uint8 -> [size, size, c] uint8.
+  """
+  height, width = image.shape[:2]
+  area = height * width
+  for _ in range(attempts):
+    target = area * rng.uniform(*scale)
+    aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+    w = int(round(math.sqrt(target * aspect)))
+    h = int(round(math.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return _resize(image[top:top + h, left:left + w], size, size)
+  aspect = width / height
+  if aspect < ratio[0]:
+    w, h = width, int(round(width / ratio[0]))
+  elif aspect > ratio[1]:
+    w, h = int(round(height * ratio[1])), height
+  else:
+    w, h = width, height
+  top, left = (height - h) // 2, (width - w) // 2
+  return _resize(image[top:top + h, left:left + w], size, size)
+
+
+def resize_center_crop(image: np.ndarray, size: int, resize_size: int) -> np.ndarray:
+  """The standard ImageNet eval view: resize the shorter side to `resize_size` (256),
+  then take the central size x size (224) crop.
+
+  image: [h, w, c] uint8 -> [size, size, c] uint8. Raises ValueError if size > resize_size.
+  """
+  if size > resize_size:
+    raise ValueError(f'crop size {size} is larger than the resize size {resize_size}')
+  height, width = image.shape[:2]
+  factor = resize_size / min(height, width)
+  h, w = max(size, round(height * factor)), max(size, round(width * factor))
+  image = _resize(image, h, w)
+  top, left = (h - size) // 2, (w - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomResizedCrop(grain.transforms.RandomMap):
+  """Per-example `random_resized_crop` of {'image', 'label'} (before batching)."""
+  size: int
+  scale: tuple = (0.08, 1.0)
+
+  def random_map(self, example: dict, rng: np.random.Generator) -> dict:
+    return {**example, 'image': random_resized_crop(example['image'], self.size, rng,
+                                                    tuple(self.scale))}
+
+
+@dataclasses.dataclass(frozen=True)
+class ResizeCenterCrop(grain.transforms.Map):
+  """Per-example `resize_center_crop` of {'image', 'label'} (before batching)."""
+  size: int
+  resize_size: int
+
+  def map(self, example: dict) -> dict:
+    return {**example, 'image': resize_center_crop(example['image'], self.size,
+                                                   self.resize_size)}
 
 
 def random_crop_with_padding(images: np.ndarray, padding: int, rng: np.random.Generator) -> np.ndarray:

@@ -8,7 +8,7 @@ import functools
 
 import flax.linen as nn
 
-from nets import vit
+from nets import mobilenet_v2, resnet, vit
 
 REGISTRY = {
     # ViT-<variant>/<patch>: Dosovitskiy et al. 2021, Table 1.
@@ -17,6 +17,10 @@ REGISTRY = {
     # A ViT with free hyper-parameters (hidden_size, num_layers, ... as overrides),
     # for small inputs such as 28x28 Fashion-MNIST or 32x32 CIFAR.
     'vit_custom': vit.VisionTransformer,
+    # ResNet-<depth> (He et al. 2016) and its full pre-activation form (ResNet v2).
+    **{f'resnet{d}': functools.partial(resnet.resnet, d) for d in resnet.DEPTHS},
+    **{f'preact_resnet{d}': functools.partial(resnet.resnet, d, True) for d in resnet.DEPTHS},
+    'mobilenet_v2': mobilenet_v2.MobileNetV2,  # Sandler et al. 2018.
 }
 
 

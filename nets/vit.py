@@ -111,9 +111,7 @@ class VisionTransformer(nn.Module):
     """
     if self.classifier not in ('token', 'gap'):
       raise ValueError(f"classifier must be 'token' or 'gap', got {self.classifier!r}")
-    if images.ndim != 4 or images.shape[-1] != self.num_channels:
-      raise ValueError(f'expected images [batch, height, width, {self.num_channels} channels], '
-                       f'got shape {images.shape}')
+    layers.check_image(images, self.num_channels, self.patch_size, 'ViT')
     height, width = images.shape[1:3]
     if height % self.patch_size or width % self.patch_size:
       raise ValueError(f'image size {height}x{width} is not a multiple of the patch size '

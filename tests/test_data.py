@@ -47,6 +47,35 @@ def test_random_crop_with_padding_is_a_shifted_window():
                for y in range(5) for x in range(5))
 
 
+def test_random_resized_crop_is_a_resized_window_within_scale():
+  image = np.arange(40 * 60 * 3, dtype=np.int64).reshape(40, 60, 3) % 251
+  image = image.astype(np.uint8)
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    out = transforms.random_resized_crop(image, 16, rng)
+    assert out.shape == (16, 16, 3) and out.dtype == np.uint8
+  # A crop of the whole area at the image's own aspect ratio is a plain resize.
+  whole = transforms.random_resized_crop(image[:, :40], 8, rng, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+  np.testing.assert_array_equal(whole, transforms._resize(image[:, :40], 8, 8))
+  # Impossible ratios fall back to the central crop with the ratio clamped.
+  tall = np.zeros((100, 10, 1), np.uint8)
+  tall[45:55] = 255
+  out = transforms.random_resized_crop(tall, 10, rng, scale=(0.99, 1.0), ratio=(1.0, 1.0))
+  assert out.shape == (10, 10, 1) and out.mean() > 200  # The middle 10 rows: all bright.
+
+
+def test_resize_center_crop_takes_the_middle():
+  image = np.zeros((300, 400, 3), np.uint8)
+  image[140:160, 190:210] = 255  # A bright square in the centre.
+  out = transforms.resize_center_crop(image, 224, 256)
+  assert out.shape == (224, 224, 3)
+  # Shorter side 300 -> 256: the square (20 px -> ~17 px) stays centred.
+  bright = np.argwhere(out[..., 0] > 128)
+  np.testing.assert_allclose(bright.mean(axis=0), (111.5, 111.5), atol=1.0)
+  with pytest.raises(ValueError, match='crop size 300 is larger than the resize size 256'):
+    transforms.resize_center_crop(image, 300, 256)
+
+
 def test_flip_and_erasing():
   images = np.arange(4 * 4 * 5 * 1, dtype=np.float32).reshape(4, 4, 5, 1)
   flipped = transforms.random_flip(images, np.random.default_rng(0))

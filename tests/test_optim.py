@@ -69,6 +69,34 @@ def test_decoupled_weight_decay_only_on_masked_params():
   np.testing.assert_allclose(updates['dense']['bias'], np.zeros(2))
 
 
+@pytest.mark.parametrize('mode', ['coupled', 'decoupled'])
+def test_sgd_weight_decay_modes_against_torch_formula(mode):
+  # Two SGD steps, momentum 0.9, lr 0.1, decay 0.01, constant gradient g on a kernel.
+  # coupled (torch.optim.SGD): buf = 0.9 buf + (g + wd p); p -= lr buf.
+  # decoupled (SGDW):          buf = 0.9 buf + g;          p -= lr (buf + wd p).
+  c = _config('constant', weight_decay=0.01, grad_clip_norm=0.0, weight_decay_mode=mode,
+              name='sgd', momentum=0.9)
+  c.learning_rate, c.warmup_steps = 0.1, 0
+  tx, _ = optim.build(c, 100)
+  params = {'kernel': jnp.full((2, 2), 2.0)}
+  grads = {'kernel': jnp.full((2, 2), 0.5)}
+  state = tx.init(params)
+  p, buf = 2.0, 0.0
+  for _ in range(2):
+    updates, state = tx.update(grads, state, params)
+    params = jax.tree.map(jnp.add, params, updates)
+    if mode == 'coupled':
+      buf = 0.9 * buf + 0.5 + 0.01 * p
+      p -= 0.1 * buf
+    else:
+      buf = 0.9 * buf + 0.5
+      p -= 0.1 * (buf + 0.01 * p)
+  np.testing.assert_allclose(params['kernel'], p, rtol=1e-6)
+  c.optim.weight_decay_mode = 'l2'
+  with pytest.raises(ValueError, match=r"'l2'.*\['decoupled', 'coupled'\]"):
+    optim.build(c, 100)
+
+
 def test_gradient_clipping_caps_global_norm():
   c = _config('constant', grad_clip_norm=1.0)
   c.warmup_steps = 0

@@ -20,16 +20,22 @@ from train import parallel, trainer
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps (after one compile step).')
+_IMAGE_SIZE = flags.DEFINE_integer(
+    'image_size', 0, 'Input side in pixels; 0: the config\'s model.image_size, else its '
+    'augment.random_resized_crop_size, else 224.')
 flags.mark_flags_as_required(['config'])
 
 
-def benchmark(config, steps: int) -> dict:
-  """Times `steps` train steps of `config` on random data; returns the numbers."""
+def benchmark(config, steps: int, image_size: int = 0) -> dict:
+  """Times `steps` train steps of `config` on random images of side `image_size`
+  (0: from the config, see --image_size); returns the numbers."""
   engine = parallel.build(config.parallel)
   trainer.validate(config, engine.num_devices)
   m = config.model
-  shape = (m.get('image_size', 224), m.get('image_size', 224), m.get('num_channels', 3))
-  model, task, _, schedule, init_fn = trainer.build_components(config, 10 ** 6, shape)
+  size = image_size or m.get('image_size', 0) or config.augment.random_resized_crop_size or 224
+  shape = (size, size, m.get('num_channels', 3))
+  model, task, _, schedule, init_fn = trainer.build_components(config, 10 ** 6, shape,
+                                                              engine.axis_name)
   state = engine.init_state(init_fn)
   rng = np.random.default_rng(0)
   local_batch = config.batch_size // jax.process_count()
@@ -52,7 +58,8 @@ def benchmark(config, steps: int) -> dict:
   jax.block_until_ready(metrics)
   step_s = (time.perf_counter() - t) / steps
   result = {'device': f'{jax.device_count()}x {jax.devices()[0].device_kind}',
-            'engine': engine.name, 'batch_size': config.batch_size,
+            'engine': engine.name, 'model': m.name, 'image_shape': shape,
+            'batch_size': config.batch_size,
             'compute_dtype': config.compute_dtype, 'compile_s': round(compile_s, 2),
             'step_ms': round(step_s * 1e3, 2),
             'examples_per_s': round(config.batch_size / step_s, 1)}
@@ -64,7 +71,7 @@ def benchmark(config, steps: int) -> dict:
 
 def main(argv):
   del argv
-  print(json.dumps(benchmark(_CONFIG.value, _STEPS.value)))
+  print(json.dumps(benchmark(_CONFIG.value, _STEPS.value, _IMAGE_SIZE.value)))
 
 
 if __name__ == '__main__':

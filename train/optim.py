@@ -1,13 +1,17 @@
 """The optax chain, built in one place from the config.
 
-  clip_by_global_norm -> optimizer moments (Adam or SGD momentum) ->
-  decoupled weight decay (masked) -> -learning_rate(step)
+  clip_by_global_norm -> [coupled L2 (masked)] -> optimizer moments (Adam or SGD
+  momentum) -> [decoupled weight decay (masked)] -> -learning_rate(step)
 
-Decoupled weight decay follows Loshchilov & Hutter 2019 ("Decoupled Weight Decay
-Regularization", Alg. 2: AdamW; SGDW for SGD): the decay term is added to the
-update after the moments, scaled by the scheduled learning rate as in optax and
-PyTorch AdamW. It is never part of the loss. Biases, normalisation scales and
-position embeddings / class tokens are not decayed.
+optim.weight_decay_mode picks where the decay term enters:
+  'decoupled' (default): after the moments, Loshchilov & Hutter 2019 ("Decoupled
+    Weight Decay Regularization", Alg. 2: AdamW; SGDW for SGD), scaled by the
+    scheduled learning rate as in optax and PyTorch AdamW.
+  'coupled': added to the gradient before the moments, i.e. classic L2
+    regularisation as in `torch.optim.SGD(weight_decay=...)`, the convention behind
+    the ResNet recipes' "weight decay 1e-4 / 5e-4" (He et al. 2016, Sec. 3.4).
+It is never part of the loss. Biases, normalisation scales and position
+embeddings / class tokens are not decayed.
 """
 
 import re
@@ -18,6 +22,7 @@ import optax
 
 SCHEDULES = ('cosine', 'linear', 'step', 'constant', 'rsqrt')
 OPTIMIZERS = ('adamw', 'sgd')
+WEIGHT_DECAY_MODES = ('decoupled', 'coupled')
 
 
 def learning_rate_schedule(config, total_steps: int) -> Callable[[int], float]:
@@ -84,12 +89,19 @@ def build(config, total_steps: int) -> tuple[optax.GradientTransformation, Calla
     moments = optax.trace(decay=opt.momentum, nesterov=opt.nesterov)
   else:
     raise ValueError(f'Unknown optim.name {opt.name!r}; valid: {list(OPTIMIZERS)}')
+  if opt.weight_decay_mode not in WEIGHT_DECAY_MODES:
+    raise ValueError(f'Unknown optim.weight_decay_mode {opt.weight_decay_mode!r}; '
+                     f'valid: {list(WEIGHT_DECAY_MODES)}')
   parts = []
   if opt.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(opt.grad_clip_norm))
-  parts.append(moments)
+  decay = []
   if opt.weight_decay > 0:
     mask = lambda p: weight_decay_mask(p, tuple(opt.no_decay_names))
-    parts.append(optax.add_decayed_weights(opt.weight_decay, mask=mask))
+    decay = [optax.add_decayed_weights(opt.weight_decay, mask=mask)]
+  if opt.weight_decay_mode == 'coupled':
+    parts += decay + [moments]
+  else:
+    parts += [moments] + decay
   parts.append(optax.scale_by_learning_rate(schedule))
   return optax.chain(*parts), schedule

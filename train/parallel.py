@@ -33,6 +33,7 @@ def check_batch_size(name: str, batch_size: int, num_devices: int) -> None:
 class JitEngine:
   """jit + Mesh + NamedSharding data parallelism."""
   name = 'jit'
+  axis_name = None  # Arrays are global: batch statistics need no named collective.
 
   def __init__(self, devices=None):
     devices = list(devices or jax.devices())
@@ -76,6 +77,7 @@ class JitEngine:
 class PmapEngine:
   """pmap over this process's devices; collectives span all processes."""
   name = 'pmap'
+  axis_name = AXIS  # Models average batch statistics over it (synchronised BatchNorm).
 
   def __init__(self, devices=None):
     # pmap maps over local devices; with several processes `devices=None` lets every

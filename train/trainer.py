@@ -7,6 +7,7 @@
    points, on SIGTERM and at the end. A non-finite loss stops the run with its step.
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -50,6 +51,7 @@ def validate(config, num_devices: int) -> None:
   choice('compute_dtype', config.compute_dtype, COMPUTE_DTYPES)
   choice('optim.name', config.optim.name, optim.OPTIMIZERS)
   choice('optim.schedule', config.optim.schedule, optim.SCHEDULES)
+  choice('optim.weight_decay_mode', config.optim.weight_decay_mode, optim.WEIGHT_DECAY_MODES)
   if config.model.name not in nets.REGISTRY:
     nets.build(config.model.name)  # Raises with the valid names.
   for field in ('batch_size', 'eval_batch_size', 'log_every_steps', 'grad_accum_steps'):
@@ -119,16 +121,20 @@ def _summarise(step_metrics: list[dict], first_step: int) -> dict:
   return out
 
 
-def build_components(config, total_steps: int, image_shape: tuple):
+def build_components(config, total_steps: int, image_shape: tuple, axis_name=None):
   """Model, task, optimizer, schedule and state initialiser for `config`.
 
-  image_shape: (height, width, channels) of one input. Shared by the trainer and the
-  benchmark so both measure the same computation.
+  image_shape: (height, width, channels) of one input. axis_name: the engine's named
+  device axis (pmap) or None (jit); models with batch statistics (a field `axis_name`)
+  average them over it. Shared by the trainer and the benchmark so both measure the
+  same computation.
   """
   num_classes = sources.DATASETS.get(config.data.name, {}).get('num_classes', config.num_classes)
   model = nets.build(config.model.name, num_classes=num_classes,
                      dtype=COMPUTE_DTYPES[config.compute_dtype],
                      **{k: v for k, v in config.model.items() if k != 'name'})
+  if 'axis_name' in {f.name for f in dataclasses.fields(model)}:
+    model = model.clone(axis_name=axis_name)
   task = tasks.ClassificationTask(num_classes, config.label_smoothing)
   tx, schedule = optim.build(config, total_steps)
   sample = np.zeros((1,) + tuple(image_shape), np.float32)
@@ -149,8 +155,8 @@ def run(config, workdir: str) -> dict:
   eval_source = sources.build(config, 'eval')
   total_steps = total_train_steps(config, len(train_source))
 
-  image_shape = train_source[0]['image'].shape
-  model, task, tx, schedule, init_fn = build_components(config, total_steps, image_shape)
+  model, task, tx, schedule, init_fn = build_components(
+      config, total_steps, pipeline.train_image_shape(config, train_source), engine.axis_name)
 
   train_iter = pipeline.train_iterator(config, train_source, process_index=jax.process_index(),
                                        process_count=jax.process_count())
