@@ -11,12 +11,17 @@ import numpy as np
 
 from data import fashion_mnist
 
-# Datasets known to this codebase: number of classes and TFDS split names.
+# Datasets known to this codebase: number of classes, TFDS split names and the image
+# shape (None: images of varying size).
 DATASETS = {
-    'cifar10': dict(num_classes=10, train_split='train', eval_split='test'),
-    'cifar100': dict(num_classes=100, train_split='train', eval_split='test'),
-    'fashion_mnist': dict(num_classes=10, train_split='train', eval_split='test'),
-    'imagenet2012': dict(num_classes=1000, train_split='train', eval_split='validation'),
+    'cifar10': dict(num_classes=10, train_split='train', eval_split='test',
+                    image_shape=(32, 32, 3)),
+    'cifar100': dict(num_classes=100, train_split='train', eval_split='test',
+                     image_shape=(32, 32, 3)),
+    'fashion_mnist': dict(num_classes=10, train_split='train', eval_split='test',
+                          image_shape=(28, 28, 1)),
+    'imagenet2012': dict(num_classes=1000, train_split='train', eval_split='validation',
+                         image_shape=None),
 }
 
 

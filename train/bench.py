@@ -16,13 +16,14 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from data import sources
 from train import parallel, trainer
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps (after one compile step).')
 _IMAGE_SIZE = flags.DEFINE_integer(
     'image_size', 0, 'Input side in pixels; 0: the config\'s model.image_size, else its '
-    'augment.random_resized_crop_size, else 224.')
+    'augment.random_resized_crop_size, else the dataset\'s (224 if it varies).')
 flags.mark_flags_as_required(['config'])
 
 
@@ -32,7 +33,9 @@ def benchmark(config, steps: int, image_size: int = 0) -> dict:
   engine = parallel.build(config.parallel)
   trainer.validate(config, engine.num_devices)
   m = config.model
-  size = image_size or m.get('image_size', 0) or config.augment.random_resized_crop_size or 224
+  dataset_shape = sources.DATASETS.get(config.data.name, {}).get('image_shape') or (224,)
+  size = (image_size or m.get('image_size', 0) or config.augment.random_resized_crop_size
+          or dataset_shape[0])
   shape = (size, size, m.get('num_channels', 3))
   model, task, _, schedule, init_fn = trainer.build_components(config, 10 ** 6, shape,
                                                               engine.axis_name)
