@@ -4,6 +4,9 @@ r"""The same ResNet / MobileNetV2 in PyTorch, timed the same way as `python -m t
   python -m benchmarks.torch_cnn --config=configs/resnet50_imagenet.py --image_size=224 \
       --config.batch_size=32 --config.compute_dtype=float32 [--steps=10]
 
+On a CUDA machine it runs on the GPU, under bfloat16 autocast when the config's
+compute_dtype is bfloat16 (parameters float32, as in this codebase).
+
 The networks mirror nets/resnet.py (post-activation, v1.5 bottleneck, both stems) and
 nets/mobilenet_v2.py layer for layer; the printed parameter count equals the JAX one
 (and torchvision's at 224x224 / 1000 classes). One train step = forward, cross
@@ -24,6 +27,8 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_c
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after warm-up steps).')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 32, 'Input side in pixels.')
 _CHANNELS_LAST = flags.DEFINE_bool('channels_last', False, 'torch.channels_last memory format.')
+_DEVICE = flags.DEFINE_string('device', 'cuda' if torch.cuda.is_available() else 'cpu',
+                              'torch device.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -111,26 +116,33 @@ def main(argv):
   model = build(c, classes)
   opt = torch.optim.SGD(model.parameters(), lr=c.learning_rate, momentum=c.optim.momentum,
                         nesterov=c.optim.nesterov, weight_decay=c.optim.weight_decay)
-  size = _IMAGE_SIZE.value
-  x = torch.randn(c.batch_size, c.model.num_channels, size, size)
-  y = torch.randint(0, classes, (c.batch_size,))
+  size, device = _IMAGE_SIZE.value, torch.device(_DEVICE.value)
+  x = torch.randn(c.batch_size, c.model.num_channels, size, size, device=device)
+  y = torch.randint(0, classes, (c.batch_size,), device=device)
+  model = model.to(device)
   if _CHANNELS_LAST.value:
     model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+  torch.backends.cudnn.benchmark = True
+  bf16 = c.compute_dtype == 'bfloat16' and device.type == 'cuda'
+  sync = torch.cuda.synchronize if device.type == 'cuda' else lambda: None
 
   def step():
     opt.zero_grad(set_to_none=True)
-    loss = nn.functional.cross_entropy(model(x), y)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+      loss = nn.functional.cross_entropy(model(x), y)
     loss.backward()
     opt.step()
 
   for _ in range(2):
     step()
+  sync()
   t = time.perf_counter()
   for _ in range(_STEPS.value):
     step()
+  sync()
   step_s = (time.perf_counter() - t) / _STEPS.value
   print(json.dumps({'framework': f'torch {torch.__version__}', 'threads': torch.get_num_threads(),
-                    'model': c.model.name, 'image_size': size,
+                    'device': str(device), 'bfloat16_autocast': bf16, 'model': c.model.name, 'image_size': size,
                     'channels_last': _CHANNELS_LAST.value,
                     'params': sum(p.numel() for p in model.parameters()),
                     'batch_size': c.batch_size, 'step_ms': round(step_s * 1e3, 2),

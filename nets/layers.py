@@ -281,13 +281,14 @@ class ConvBN(nn.Module):
     return x if self.activation is None else self.activation(x)
 
 
-def check_image(x: jax.Array, num_channels: int, min_size: int, model: str) -> None:
+def check_image(x: jax.Array, num_channels: int, min_size: int, model: str,
+                hint: str = '') -> None:
   """Raises ValueError unless x is [batch, height, width, num_channels] with height and
-  width >= min_size (the model's total downsampling factor)."""
+  width >= min_size (the model's total downsampling factor); `hint` ends the message."""
   if x.ndim != 4 or x.shape[-1] != num_channels:
     raise ValueError(f'{model} expects images [batch, height, width, {num_channels}], got shape '
                      f'{tuple(x.shape)}; set the model\'s num_channels to match the data')
   if min(x.shape[1:3]) < min_size:
-    raise ValueError(f'{model}: images of {x.shape[1]}x{x.shape[2]} are too small for its stem '
-                     f'and downsamplings (total stride {min_size}); use images of at least '
-                     f'{min_size}x{min_size} or a stem with less downsampling (stem=\'cifar\')')
+    raise ValueError(f'{model}: images of {x.shape[1]}x{x.shape[2]} are too small for its '
+                     f'downsampling (total stride {min_size}); use images of at least '
+                     f'{min_size}x{min_size}{hint}')

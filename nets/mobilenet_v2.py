@@ -115,7 +115,8 @@ class MobileNetV2(nn.Module):
     if self.stem not in STEMS:
       raise ValueError(f'Unknown stem {self.stem!r}; valid: {list(STEMS)}')
     cifar = self.stem == 'cifar'
-    layers.check_image(images, self.num_channels, 8 if cifar else 32, 'MobileNetV2')
+    layers.check_image(images, self.num_channels, 8 if cifar else 32, 'MobileNetV2',
+                       '' if cifar else " or the stride-8 stem (stem='cifar')")
     alpha = self.width_multiplier
     kwargs = dict(axis_name=self.axis_name, dtype=self.dtype)
 

@@ -145,8 +145,11 @@ class ResNet(nn.Module):
     kind = self.block or kind
     if kind not in EXPANSION:
       raise ValueError(f'Unknown block {kind!r}; valid: {list(EXPANSION)}')
-    total_stride = (32 if self.stem == 'imagenet' else 8) // 2 ** (4 - len(stage_sizes))
-    layers.check_image(images, self.num_channels, total_stride, f'ResNet-{self.depth}')
+    # The ImageNet stem downsamples 4x, every stage after the first 2x.
+    total_stride = (4 if self.stem == 'imagenet' else 1) * 2 ** max(len(stage_sizes) - 1, 0)
+    name = 'ResNet' if self.stage_sizes is not None else f'ResNet-{self.depth}'
+    layers.check_image(images, self.num_channels, total_stride, name,
+                       " or the 3x3/1 stem (stem='cifar')" if self.stem == 'imagenet' else '')
 
     x = images.astype(self.dtype)
     if self.stem == 'imagenet':

@@ -64,7 +64,7 @@ def test_bad_images_name_the_shapes(name):
   model = nets.build(name, num_classes=10)
   with pytest.raises(ValueError, match=r'\[batch, height, width, 3\].*\(2, 64, 64, 1\)'):
     model.init(jax.random.key(0), jnp.ones((2, 64, 64, 1)))
-  with pytest.raises(ValueError, match=r'28x28 are too small.*total stride 32.*stem=.cifar'):
+  with pytest.raises(ValueError, match=r'28x28 are too small.*total stride 32.*at least 32x32 or.*stem=.cifar'):
     model.init(jax.random.key(0), jnp.ones((2, 28, 28, 3)))
   with pytest.raises(ValueError, match=r"Unknown stem 'tiny'.*\['imagenet', 'cifar'\]"):
     nets.build(name, num_classes=10, stem='tiny').init(jax.random.key(0), jnp.ones((1, 64, 64, 3)))
