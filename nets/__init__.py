@@ -8,7 +8,7 @@ import functools
 
 import flax.linen as nn
 
-from nets import mobilenet_v2, resnet, vit
+from nets import mobilenet_v2, resnet, transformer, vit
 
 REGISTRY = {
     # ViT-<variant>/<patch>: Dosovitskiy et al. 2021, Table 1.
@@ -21,6 +21,9 @@ REGISTRY = {
     **{f'resnet{d}': functools.partial(resnet.resnet, d) for d in resnet.DEPTHS},
     **{f'preact_resnet{d}': functools.partial(resnet.resnet, d, True) for d in resnet.DEPTHS},
     'mobilenet_v2': mobilenet_v2.MobileNetV2,  # Sandler et al. 2018.
+    # Transformer encoder-decoder (Vaswani et al. 2017): transformer_base, _big, _g2p_*.
+    **{f'transformer_{s}': functools.partial(transformer.transformer, s)
+       for s in transformer.SIZES},
 }
 
 

@@ -75,10 +75,18 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_q: jax.Array, inputs_kv: Optional[jax.Array] = None,
-               mask: Optional[jax.Array] = None, *, deterministic: bool = True) -> jax.Array:
+               mask: Optional[jax.Array] = None, *, deterministic: bool = True,
+               decode: bool = False) -> jax.Array:
     """Attends from `inputs_q` [batch, q_length, features] to `inputs_kv`
     [batch, kv_length, features] (self-attention when None); returns
-    [batch, q_length, features]. Raises ValueError if features % num_heads != 0."""
+    [batch, q_length, features]. Raises ValueError if features % num_heads != 0.
+
+    decode: incremental self-attention with a key/value cache (the 'cache'
+    collection). Initialise it by calling once with decode=True on inputs of the
+    maximum length (only the shapes are used); each later call takes one position
+    [batch, 1, features], writes its key and value at the cache index and attends to
+    all positions written so far (`mask` is then ignored: earlier positions only).
+    """
     inputs_kv = inputs_q if inputs_kv is None else inputs_kv
     features = inputs_q.shape[-1]
     if features % self.num_heads:
@@ -88,6 +96,20 @@ class MultiHeadAttention(nn.Module):
                                          param_dtype=self.param_dtype,
                                          kernel_init=self.kernel_init, name=name)
     query, key, value = dense('query')(inputs_q), dense('key')(inputs_kv), dense('value')(inputs_kv)
+    if decode:
+      initialised = self.has_variable('cache', 'cached_key')
+      cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
+      cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
+      index = self.variable('cache', 'cache_index', lambda: jnp.zeros((), jnp.int32))
+      if initialised:
+        if query.shape[1] != 1:
+          raise ValueError(f'decode=True takes one position at a time, got {query.shape[1]}')
+        i = index.value
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, i, 0, 0))
+        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, i, 0, 0))
+        index.value = i + 1
+        key, value = cached_key.value, cached_value.value
+        mask = (jnp.arange(key.shape[1]) <= i)[None, None, None, :]  # (1, 1, 1, max_length)
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0:
       dropout_rng = self.make_rng('dropout')

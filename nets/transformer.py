@@ -1,0 +1,277 @@
+"""The Transformer encoder-decoder (Vaswani et al. 2017, "Attention Is All You Need").
+
+  encoder: token embedding x sqrt(d_model) (Sec. 3.4) + positional encoding (sinusoidal,
+    Sec. 3.5, or learned) -> dropout -> N layers of [self-attention, feed-forward]
+  decoder: the same embedding of the shifted targets -> N layers of [causal
+    self-attention, encoder-decoder cross-attention, feed-forward] -> output projection
+  every sub-layer: post-LN LayerNorm(x + Dropout(sublayer(x))) as in the paper (Sec. 5.4),
+    or pre-LN x + Dropout(sublayer(LayerNorm(x))) with a final LayerNorm (`pre_ln=True`)
+  feed-forward: Dense(d_ff) -> ReLU -> dropout -> Dense(d_model) (Sec. 3.3)
+
+The attention core is `nets.layers.MultiHeadAttention` (shared with ViT), with a
+key/value cache for incremental decoding. Token id 0 is padding: padded source
+positions are never attended to, and the decoder's self-attention is causal.
+
+Named sizes (Table 3): base = 6+6 layers, d_model 512, 8 heads, d_ff 2048; big = 1024,
+16 heads, d_ff 4096 (dropout 0.3 in the paper for EN-DE big).
+"""
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nets import layers
+
+SIZES = {
+    'base': dict(d_model=512, num_heads=8, d_ff=2048, num_encoder_layers=6, num_decoder_layers=6),
+    'big': dict(d_model=1024, num_heads=16, d_ff=4096, num_encoder_layers=6,
+                num_decoder_layers=6),
+    # Small sizes for grapheme-to-phoneme.
+    'g2p_small': dict(d_model=128, num_heads=4, d_ff=512, num_encoder_layers=3,
+                      num_decoder_layers=3),
+    'g2p_tiny': dict(d_model=64, num_heads=4, d_ff=256, num_encoder_layers=2,
+                     num_decoder_layers=2),
+}
+SHARE_EMBEDDINGS = ('none', 'decoder', 'all')
+POSITION_ENCODINGS = ('sinusoidal', 'learned')
+
+
+def sinusoidal_position_encoding(length: int, d_model: int) -> np.ndarray:
+  """PE(pos, 2i) = sin(pos / 10000^(2i / d_model)), PE(pos, 2i + 1) = cos(...)
+  (Vaswani et al. 2017, Sec. 3.5). Returns [length, d_model] float32."""
+  position = np.arange(length, dtype=np.float64)[:, None]
+  div = np.exp(np.arange(0, d_model, 2, dtype=np.float64) * (-np.log(10000.0) / d_model))
+  pe = np.zeros((length, d_model), np.float64)
+  pe[:, 0::2] = np.sin(position * div)
+  pe[:, 1::2] = np.cos(position * div)[:, :d_model // 2]
+  return pe.astype(np.float32)
+
+
+class SubLayer(nn.Module):
+  """Wraps a sub-layer with dropout, the residual connection and LayerNorm (post or pre)."""
+  pre_ln: bool
+  dropout_rate: float
+  epsilon: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, sublayer, *, deterministic: bool):
+    """x: [batch, length, d_model]; sublayer: a function of the (normalised) x."""
+    norm = nn.LayerNorm(epsilon=self.epsilon, dtype=self.dtype, name='norm')
+    y = sublayer(norm(x) if self.pre_ln else x)
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    return x + y if self.pre_ln else norm(x + y)
+
+
+class EncoderLayer(nn.Module):
+  """Self-attention and feed-forward sub-layers (Sec. 3.1, encoder)."""
+  num_heads: int
+  d_ff: int
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.0
+  relu_dropout_rate: float = 0.0
+  pre_ln: bool = False
+  epsilon: float = 1e-6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, *, deterministic: bool) -> jax.Array:
+    """x: [batch, source_length, d_model]; mask: bool [batch, 1, 1, source_length]."""
+    sub = lambda name: SubLayer(self.pre_ln, self.dropout_rate, self.epsilon, self.dtype, name=name)
+    attention = layers.MultiHeadAttention(self.num_heads, self.attention_dropout_rate,
+                                          dtype=self.dtype, name='self_attention')
+    x = sub('attention_block')(
+        x, lambda y: attention(y, mask=mask, deterministic=deterministic), deterministic=deterministic)
+    mlp = layers.MlpBlock(self.d_ff, self.relu_dropout_rate, activation=nn.relu, dtype=self.dtype,
+                          name='feed_forward')
+    return sub('feed_forward_block')(x, lambda y: mlp(y, deterministic=deterministic),
+                                     deterministic=deterministic)
+
+
+class DecoderLayer(nn.Module):
+  """Causal self-attention, cross-attention and feed-forward sub-layers (Sec. 3.1, decoder)."""
+  num_heads: int
+  d_ff: int
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.0
+  relu_dropout_rate: float = 0.0
+  pre_ln: bool = False
+  epsilon: float = 1e-6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, encoded: jax.Array, self_mask: Optional[jax.Array],
+               cross_mask: jax.Array, *, deterministic: bool, decode: bool = False) -> jax.Array:
+    """x: [batch, target_length, d_model]; encoded: [batch, source_length, d_model];
+    self_mask: bool [batch, 1, target_length, target_length] (None when decoding);
+    cross_mask: bool [batch, 1, 1, source_length]."""
+    sub = lambda name: SubLayer(self.pre_ln, self.dropout_rate, self.epsilon, self.dtype, name=name)
+    attn = lambda name: layers.MultiHeadAttention(self.num_heads, self.attention_dropout_rate,
+                                                  dtype=self.dtype, name=name)
+    self_attention, cross_attention = attn('self_attention'), attn('cross_attention')
+    x = sub('self_attention_block')(
+        x, lambda y: self_attention(y, mask=self_mask, deterministic=deterministic, decode=decode),
+        deterministic=deterministic)
+    x = sub('cross_attention_block')(
+        x, lambda y: cross_attention(y, encoded, mask=cross_mask, deterministic=deterministic),
+        deterministic=deterministic)
+    mlp = layers.MlpBlock(self.d_ff, self.relu_dropout_rate, activation=nn.relu, dtype=self.dtype,
+                          name='feed_forward')
+    return sub('feed_forward_block')(x, lambda y: mlp(y, deterministic=deterministic),
+                                     deterministic=deterministic)
+
+
+class DecodePosition(nn.Module):
+  """The position of the token being decoded: a counter in the 'cache' collection."""
+
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
+    position = index.value
+    if not self.is_initializing():
+      index.value = position + 1
+    return position
+
+
+class Transformer(nn.Module):
+  """Encoder-decoder Transformer over token ids (0 = padding).
+
+  Attributes:
+    source_vocab_size, target_vocab_size: vocabulary sizes (ids include the specials).
+    d_model, num_heads, d_ff, num_encoder_layers, num_decoder_layers: sizes (SIZES).
+    dropout_rate: on embeddings + positions and on every sub-layer output (P_drop).
+    attention_dropout_rate, relu_dropout_rate: on attention weights / inside the FFN.
+    share_embeddings: 'none'; 'decoder' (target embedding = output projection, Sec. 3.4);
+      'all' (also the source embedding; needs one shared vocabulary).
+    position_encoding: 'sinusoidal' (Sec. 3.5) or 'learned'.
+    pre_ln: pre-LN sub-layers plus a final LayerNorm in each stack; post-LN otherwise.
+    max_length: longest sequence (learned positions; the decoding cache).
+    dtype: compute dtype; parameters stay float32.
+  """
+  source_vocab_size: int
+  target_vocab_size: int
+  d_model: int = 512
+  num_heads: int = 8
+  d_ff: int = 2048
+  num_encoder_layers: int = 6
+  num_decoder_layers: int = 6
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.0
+  relu_dropout_rate: float = 0.0
+  share_embeddings: str = 'none'
+  position_encoding: str = 'sinusoidal'
+  pre_ln: bool = False
+  layer_norm_epsilon: float = 1e-6
+  max_length: int = 256
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    if self.share_embeddings not in SHARE_EMBEDDINGS:
+      raise ValueError(f'Unknown share_embeddings {self.share_embeddings!r}; valid: '
+                       f'{list(SHARE_EMBEDDINGS)}')
+    if self.position_encoding not in POSITION_ENCODINGS:
+      raise ValueError(f'Unknown position_encoding {self.position_encoding!r}; valid: '
+                       f'{list(POSITION_ENCODINGS)}')
+    if self.share_embeddings == 'all' and self.source_vocab_size != self.target_vocab_size:
+      raise ValueError("share_embeddings='all' needs one vocabulary: source_vocab_size "
+                       f'{self.source_vocab_size} != target_vocab_size {self.target_vocab_size}')
+    embed = lambda n, name: nn.Embed(n, self.d_model, dtype=self.dtype, name=name,
+                                     embedding_init=nn.initializers.normal(self.d_model ** -0.5))
+    self.target_embed = embed(self.target_vocab_size, 'target_embed')
+    self.source_embed = (self.target_embed if self.share_embeddings == 'all'
+                         else embed(self.source_vocab_size, 'source_embed'))
+    if self.position_encoding == 'learned':
+      init = nn.initializers.normal(0.02)
+      self.source_positions = self.param('source_positions', init, (self.max_length, self.d_model))
+      self.target_positions = self.param('target_positions', init, (self.max_length, self.d_model))
+    else:
+      table = jnp.asarray(sinusoidal_position_encoding(self.max_length, self.d_model))
+      self.source_positions = self.target_positions = table
+    kwargs = dict(num_heads=self.num_heads, d_ff=self.d_ff, dropout_rate=self.dropout_rate,
+                  attention_dropout_rate=self.attention_dropout_rate,
+                  relu_dropout_rate=self.relu_dropout_rate, pre_ln=self.pre_ln,
+                  epsilon=self.layer_norm_epsilon, dtype=self.dtype)
+    self.encoder_layers = [EncoderLayer(**kwargs, name=f'encoder_layer{i}')
+                           for i in range(self.num_encoder_layers)]
+    self.decoder_layers = [DecoderLayer(**kwargs, name=f'decoder_layer{i}')
+                           for i in range(self.num_decoder_layers)]
+    norm = lambda name: nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name=name)
+    if self.pre_ln:
+      self.encoder_norm, self.decoder_norm = norm('encoder_norm'), norm('decoder_norm')
+    if self.share_embeddings == 'none':
+      self.output_projection = nn.Dense(self.target_vocab_size, dtype=self.dtype,
+                                        name='output_projection')
+    self.dropout = nn.Dropout(self.dropout_rate)
+    self.decode_position = DecodePosition(name='decode_position')
+
+  def _embed(self, embed, positions, ids, offset, deterministic):
+    length = ids.shape[1]
+    if offset is None and length > self.max_length:
+      raise ValueError(f'sequence length {length} exceeds max_length {self.max_length}')
+    x = embed(ids) * jnp.sqrt(self.d_model).astype(self.dtype)
+    pos = (positions[:length] if offset is None
+           else jax.lax.dynamic_slice_in_dim(positions, offset, length))
+    return self.dropout(x + pos.astype(self.dtype), deterministic=deterministic)
+
+  def encode(self, source: jax.Array, *, train: bool = False) -> jax.Array:
+    """source: [batch, source_length] int32 -> encoded [batch, source_length, d_model]."""
+    mask = (source > 0)[:, None, None, :]
+    x = self._embed(self.source_embed, self.source_positions, source, None, not train)
+    for layer in self.encoder_layers:
+      x = layer(x, mask, deterministic=not train)
+    return self.encoder_norm(x) if self.pre_ln else x
+
+  def decode(self, encoded: jax.Array, source: jax.Array, target_in: jax.Array, *,
+             train: bool = False, decode: bool = False) -> jax.Array:
+    """Logits [batch, target_length, target_vocab_size] float32 of the next token.
+
+    target_in: [batch, target_length] int32, the targets shifted right (starting with
+    the start token). decode=True: one position per call ([batch, 1]) with the
+    'cache' collection mutable; call `init_cache` first.
+    """
+    cross_mask = (source > 0)[:, None, None, :]
+    if decode:
+      offset = self.decode_position()
+      self_mask = None
+    else:
+      offset = None
+      length = target_in.shape[1]
+      causal = jnp.tril(jnp.ones((length, length), bool))
+      self_mask = causal[None, None] & (target_in > 0)[:, None, None, :]
+    x = self._embed(self.target_embed, self.target_positions, target_in, offset, not train)
+    for layer in self.decoder_layers:
+      x = layer(x, encoded, self_mask, cross_mask, deterministic=not train, decode=decode)
+    if self.pre_ln:
+      x = self.decoder_norm(x)
+    if self.share_embeddings == 'none':
+      logits = self.output_projection(x)
+    else:
+      logits = self.target_embed.attend(x)
+    return logits.astype(jnp.float32)
+
+  def __call__(self, source: jax.Array, target_in: jax.Array, *, train: bool = False) -> jax.Array:
+    """Teacher-forced logits [batch, target_length, target_vocab_size] float32.
+
+    source: [batch, source_length] int32; target_in: [batch, target_length] int32
+    (targets shifted right). Raises ValueError for sequences longer than max_length.
+    """
+    return self.decode(self.encode(source, train=train), source, target_in, train=train)
+
+
+def init_cache(model: Transformer, params, source: jax.Array, max_length: int):
+  """An empty decoding cache for `source` [batch, source_length] and outputs of up to
+  `max_length` tokens: {'cache': ...} to pass (mutable) to `model.decode(..., decode=True)`."""
+  encoded = jax.ShapeDtypeStruct(source.shape + (model.d_model,), jnp.float32)
+  target = jnp.zeros((source.shape[0], max_length), jnp.int32)
+  variables = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros(encoded.shape, encoded.dtype), source, target,
+      decode=True, method=Transformer.decode))
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), {'cache': variables['cache']})
+
+
+def transformer(size: str, **overrides) -> Transformer:
+  """A named size ('base', 'big', 'g2p_small', 'g2p_tiny') with `overrides` on top."""
+  return Transformer(**{**SIZES[size], **overrides})

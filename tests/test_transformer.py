@@ -1,0 +1,174 @@
+"""The Transformer encoder-decoder: information flow, padding, the decoding cache, and
+its layers against torch.nn with the same weights."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import nets
+from nets import layers, transformer
+
+torch = pytest.importorskip('torch')
+
+
+def _tiny(**overrides):
+  kwargs = dict(source_vocab_size=13, target_vocab_size=11, d_model=16, num_heads=2, d_ff=32,
+                num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0, max_length=12)
+  return transformer.Transformer(**{**kwargs, **overrides})
+
+
+def _data():
+  rng = np.random.default_rng(0)
+  source = rng.integers(1, 13, (3, 7)).astype(np.int32)
+  source[0, 5:] = 0  # padding
+  target = rng.integers(1, 11, (3, 6)).astype(np.int32)
+  return jnp.asarray(source), jnp.asarray(target)
+
+
+@pytest.mark.parametrize('pre_ln,share,positions', [
+    (False, 'none', 'sinusoidal'), (True, 'decoder', 'learned'), (False, 'all', 'sinusoidal')])
+def test_no_information_from_the_future_and_padding_is_ignored(pre_ln, share, positions):
+  vocab = 13 if share == 'all' else 11
+  model = _tiny(pre_ln=pre_ln, share_embeddings=share, position_encoding=positions,
+                target_vocab_size=vocab)
+  source, target = _data()
+  variables = model.init(jax.random.key(0), source, target)
+  logits = model.apply(variables, source, target)
+  assert logits.shape == (3, 6, vocab) and logits.dtype == jnp.float32
+  for t in range(6):  # Changing target token t leaves the logits before t unchanged.
+    changed = target.at[:, t].set((target[:, t] % 9) + 1)
+    other = model.apply(variables, source, changed)
+    np.testing.assert_allclose(other[:, :t], logits[:, :t], atol=1e-5)
+    if t < 5:
+      assert np.abs(other[:, t:] - logits[:, t:]).max() > 1e-4
+  # Padded source positions do not change anything; padded targets not the real ones.
+  garbage = source.at[0, 5:].set(0)
+  np.testing.assert_allclose(model.apply(variables, garbage, target), logits, atol=1e-5)
+  longer = jnp.concatenate([source, jnp.zeros((3, 3), jnp.int32)], axis=1)
+  np.testing.assert_allclose(model.apply(variables, longer, target), logits, atol=1e-5)
+  padded_target = jnp.concatenate([target, jnp.zeros((3, 2), jnp.int32)], axis=1)
+  np.testing.assert_allclose(model.apply(variables, source, padded_target)[:, :6], logits,
+                             atol=1e-5)
+
+
+def test_cached_incremental_decoding_equals_full_decoding():
+  model = _tiny()
+  source, target = _data()
+  variables = model.init(jax.random.key(0), source, target)
+  full = model.apply(variables, source, target)
+  encoded = model.apply(variables, source, method=transformer.Transformer.encode)
+  cache = transformer.init_cache(model, variables['params'], source, 12)
+  steps = []
+  for t in range(6):
+    logits, updates = model.apply({**variables, **cache}, encoded, source, target[:, t:t + 1],
+                                  decode=True, mutable=['cache'],
+                                  method=transformer.Transformer.decode)
+    cache = updates
+    steps.append(logits[:, 0])
+  np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-5)
+
+
+def test_named_sizes_and_errors():
+  model = nets.build('transformer_base', source_vocab_size=100, target_vocab_size=100)
+  assert (model.d_model, model.num_heads, model.d_ff, model.num_encoder_layers) == (512, 8, 2048, 6)
+  big = nets.build('transformer_big', source_vocab_size=100, target_vocab_size=100)
+  assert (big.d_model, big.num_heads, big.d_ff) == (1024, 16, 4096)
+  source, target = _data()
+  with pytest.raises(ValueError, match=r"share_embeddings='all' needs one vocabulary"):
+    _tiny(share_embeddings='all').init(jax.random.key(0), source, target)
+  with pytest.raises(ValueError, match=r"valid: \['sinusoidal', 'learned'\]"):
+    _tiny(position_encoding='rope').init(jax.random.key(0), source, target)
+  with pytest.raises(ValueError, match='length 13 exceeds max_length 12'):
+    _tiny().init(jax.random.key(0), jnp.ones((1, 13), jnp.int32), target)
+
+
+def test_sinusoidal_encoding_matches_the_formula():
+  pe = transformer.sinusoidal_position_encoding(50, 8)
+  pos, i = 7, 2
+  assert pe[pos, 2 * i] == pytest.approx(np.sin(pos / 10000 ** (2 * i / 8)), abs=1e-6)
+  assert pe[pos, 2 * i + 1] == pytest.approx(np.cos(pos / 10000 ** (2 * i / 8)), abs=1e-6)
+
+
+# --- Against torch.nn -------------------------------------------------------------------------
+
+def _t(x):
+  return torch.from_numpy(np.asarray(x, np.float32).copy())
+
+
+def _load_attention(torch_mha, params, d, heads):
+  q, k, v, o = (params[n] for n in ('query', 'key', 'value', 'out'))
+  w = lambda p: np.asarray(p['kernel']).reshape(d, d).T
+  torch_mha.in_proj_weight.data = _t(np.concatenate([w(q), w(k), w(v)]))
+  torch_mha.in_proj_bias.data = _t(np.concatenate([np.asarray(p['bias']).reshape(d)
+                                                   for p in (q, k, v)]))
+  torch_mha.out_proj.weight.data = _t(np.asarray(o['kernel']).reshape(d, d).T)
+  torch_mha.out_proj.bias.data = _t(o['bias'])
+  del heads
+
+
+def _load_linear(linear, p):
+  linear.weight.data = _t(np.asarray(p['kernel']).T)
+  linear.bias.data = _t(p['bias'])
+
+
+def _load_norm(norm, p):
+  norm.weight.data, norm.bias.data = _t(p['scale']), _t(p['bias'])
+
+
+def test_attention_matches_torch_multihead_attention():
+  d, heads = 16, 4
+  q = jax.random.normal(jax.random.key(0), (2, 5, d))
+  kv = jax.random.normal(jax.random.key(1), (2, 7, d))
+  keep = np.ones((2, 7), bool)
+  keep[1, 4:] = False
+  module = layers.MultiHeadAttention(heads)
+  params = module.init(jax.random.key(2), q, kv)['params']
+  params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(3), x.shape), params)
+  got = module.apply({'params': params}, q, kv, mask=jnp.asarray(keep)[:, None, None, :])
+  ref = torch.nn.MultiheadAttention(d, heads, batch_first=True)
+  _load_attention(ref, params, d, heads)
+  with torch.no_grad():
+    expected, _ = ref(_t(q), _t(kv), _t(kv), key_padding_mask=torch.from_numpy(~keep))
+  np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_encoder_and_decoder_layers_match_torch_post_ln():
+  d, heads, ff = 16, 4, 32
+  x = jax.random.normal(jax.random.key(0), (2, 6, d))
+  memory = jax.random.normal(jax.random.key(1), (2, 5, d))
+  src_keep = np.ones((2, 5), bool)
+  src_keep[0, 3:] = False
+  enc = transformer.EncoderLayer(heads, ff, dropout_rate=0.0, epsilon=1e-5)
+  mask6 = jnp.ones((2, 1, 1, 6), bool)
+  p = enc.init(jax.random.key(2), x, mask6, deterministic=True)['params']
+  ref = torch.nn.TransformerEncoderLayer(d, heads, ff, dropout=0.0, batch_first=True)
+  _load_attention(ref.self_attn, p['self_attention'], d, heads)
+  _load_linear(ref.linear1, p['feed_forward']['Dense_0'])
+  _load_linear(ref.linear2, p['feed_forward']['Dense_1'])
+  _load_norm(ref.norm1, p['attention_block']['norm'])
+  _load_norm(ref.norm2, p['feed_forward_block']['norm'])
+  ref.eval()
+  with torch.no_grad():
+    expected = ref(_t(x)).numpy()
+  np.testing.assert_allclose(enc.apply({'params': p}, x, mask6, deterministic=True), expected,
+                             rtol=1e-4, atol=1e-5)
+
+  dec = transformer.DecoderLayer(heads, ff, dropout_rate=0.0, epsilon=1e-5)
+  causal = jnp.tril(jnp.ones((6, 6), bool))[None, None]
+  cross = jnp.asarray(src_keep)[:, None, None, :]
+  p = dec.init(jax.random.key(3), x, memory, causal, cross, deterministic=True)['params']
+  ref = torch.nn.TransformerDecoderLayer(d, heads, ff, dropout=0.0, batch_first=True)
+  _load_attention(ref.self_attn, p['self_attention'], d, heads)
+  _load_attention(ref.multihead_attn, p['cross_attention'], d, heads)
+  _load_linear(ref.linear1, p['feed_forward']['Dense_0'])
+  _load_linear(ref.linear2, p['feed_forward']['Dense_1'])
+  for i, block in enumerate(('self_attention_block', 'cross_attention_block',
+                             'feed_forward_block'), 1):
+    _load_norm(getattr(ref, f'norm{i}'), p[block]['norm'])
+  ref.eval()
+  with torch.no_grad():
+    expected = ref(_t(x), _t(memory), tgt_mask=torch.nn.Transformer.generate_square_subsequent_mask(6),
+                   memory_key_padding_mask=torch.from_numpy(~src_keep)).numpy()
+  got = dec.apply({'params': p}, x, memory, causal, cross, deterministic=True)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
