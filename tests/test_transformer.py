@@ -172,3 +172,68 @@ def test_encoder_and_decoder_layers_match_torch_post_ln():
                    memory_key_padding_mask=torch.from_numpy(~src_keep)).numpy()
   got = dec.apply({'params': p}, x, memory, causal, cross, deterministic=True)
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+# --- Decoding ---------------------------------------------------------------------------------
+
+def _decoder(model, variables, source, beam=1):
+  """step_fn for `decoding` over `source` repeated `beam` times, and its empty cache."""
+  source = jnp.repeat(source, beam, axis=0)
+  encoded = model.apply(variables, source, method=transformer.Transformer.encode)
+  cache = transformer.init_cache(model, variables['params'], source, model.max_length)
+
+  def step_fn(tokens, cache):
+    logits, updates = model.apply({**variables, **cache}, encoded, source, tokens, decode=True,
+                                  mutable=['cache'], method=transformer.Transformer.decode)
+    return logits[:, 0], updates
+  return step_fn, cache
+
+
+def _sequence_logprob(model, variables, source, seq, bos=2, eos=1):
+  """log P(seq | source) by teacher forcing, seq up to and including its end token."""
+  seq = list(seq[:list(seq).index(eos) + 1]) if eos in list(seq) else list(seq)
+  target_in = jnp.asarray([[bos] + seq[:-1]], jnp.int32)
+  logp = jax.nn.log_softmax(model.apply(variables, source[None], target_in)[0])
+  return float(sum(logp[i, t] for i, t in enumerate(seq))), len(seq)
+
+
+def test_beam_one_equals_greedy_and_beams_are_sorted_by_penalised_score():
+  from nets import decoding  # pylint: disable=import-outside-toplevel
+  model = _tiny(max_length=8)
+  source, target = _data()
+  variables = model.init(jax.random.key(4), source, target)
+  # A bias towards the end token, so hypotheses of several lengths finish.
+  bias = variables['params']['output_projection']['bias']
+  variables['params']['output_projection']['bias'] = bias.at[1].set(2.6)
+  step_fn, cache = _decoder(model, variables, source)
+  greedy = jax.jit(lambda c: decoding.greedy_search(
+      step_fn, c, batch_size=3, max_length=8, bos_id=2, eos_id=1))(cache)
+  assert (np.asarray(greedy) == 1).any(axis=1).all()  # Every greedy output ends.
+  # Without a length penalty (alpha = 0) a beam of one is greedy search; with one, a
+  # longer hypothesis may rightly win.
+  step_fn, cache = _decoder(model, variables, source, beam=1)
+  seqs, _ = decoding.beam_search(step_fn, cache, batch_size=3, beam_size=1, max_length=8,
+                                 bos_id=2, eos_id=1, alpha=0.0)
+  np.testing.assert_array_equal(seqs[:, 0], greedy)
+
+  step_fn, cache = _decoder(model, variables, source, beam=4)
+  seqs, scores = jax.jit(lambda c: decoding.beam_search(
+      step_fn, c, batch_size=3, beam_size=4, max_length=8, bos_id=2, eos_id=1, alpha=0.6))(cache)
+  assert seqs.shape == (3, 4, 8) and scores.shape == (3, 4)
+  assert (np.diff(np.asarray(scores), axis=1) <= 1e-6).all()
+  checked = 0
+  for i in range(3):
+    for j in range(4):  # Each score is the sequence's log-probability / lp(length).
+      seq = np.asarray(seqs[i, j])
+      logp, length = _sequence_logprob(model, variables, source[i], seq)
+      if 1 in seq:
+        expected = logp / float(decoding.length_penalty(jnp.asarray(length), 0.6))
+        assert float(scores[i, j]) == pytest.approx(expected, abs=1e-4)
+        checked += 1
+    # The best beam is at least as likely (penalised) as the greedy output.
+    g = np.asarray(greedy[i])
+    assert checked > 0
+    if 1 in g:
+      logp, length = _sequence_logprob(model, variables, source[i], g)
+      assert float(scores[i, 0]) >= logp / float(decoding.length_penalty(
+          jnp.asarray(length), 0.6)) - 1e-4
