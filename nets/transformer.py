@@ -261,7 +261,7 @@ class Transformer(nn.Module):
     return self.decode(self.encode(source, train=train), source, target_in, train=train)
 
 
-def init_cache(model: Transformer, params, source: jax.Array, max_length: int):
+def init_cache(model: Transformer, source: jax.Array, max_length: int):
   """An empty decoding cache for `source` [batch, source_length] and outputs of up to
   `max_length` tokens: {'cache': ...} to pass (mutable) to `model.decode(..., decode=True)`."""
   encoded = jax.ShapeDtypeStruct(source.shape + (model.d_model,), jnp.float32)
