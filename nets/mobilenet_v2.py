@@ -56,6 +56,7 @@ class InvertedResidual(nn.Module):
     features: output channels.
     strides: stride of the depthwise convolution.
     expand_ratio: t, hidden channels = t * input channels.
+    depthwise_impl: 'auto', 'xla' or 'shifted' (see nets.layers.Conv).
     axis_name: pmap axis for synchronised BatchNorm (None under jit).
   """
   features: int
@@ -91,7 +92,7 @@ class MobileNetV2(nn.Module):
       conv's 1280 when alpha < 1).
     stem: 'imagenet' (total stride 32) or 'cifar' (total stride 8, see module docstring).
     dropout_rate: dropout before the classifier (0.2 in the reference).
-    depthwise_impl: 'auto', 'xla' or 'shifted' (see nets.layers.DepthwiseConv).
+    depthwise_impl: 'auto', 'xla' or 'shifted' (see nets.layers.Conv).
     num_channels: input channels (checked).
     axis_name: pmap axis for synchronised BatchNorm; the pmap engine sets 'data'.
     dtype: compute dtype; parameters and BatchNorm statistics stay float32.
