@@ -8,6 +8,22 @@ Units are in the names (…_steps, …_epochs, …_prob).
 import ml_collections
 
 
+# Where each dataset is read from and its training-set pixel mean / std ([0, 1] units).
+DATASET_PRESETS = {
+    'cifar10': dict(source='tfds', name='cifar10', mean=(0.4914, 0.4822, 0.4465),
+                    std=(0.2470, 0.2435, 0.2616)),
+    'fashion_mnist': dict(source='local_fashion_mnist', name='fashion_mnist', mean=(0.286,),
+                          std=(0.353,)),
+    'imagenet2012': dict(source='tfds', name='imagenet2012', mean=(0.485, 0.456, 0.406),
+                         std=(0.229, 0.224, 0.225)),
+}
+
+
+def set_dataset(c: ml_collections.ConfigDict, preset: str) -> None:
+  """Sets c.data.source, name, mean and std from DATASET_PRESETS[preset]."""
+  c.data.update(DATASET_PRESETS[preset])
+
+
 def get_base_config() -> ml_collections.ConfigDict:
   """The shared fields with neutral defaults."""
   c = ml_collections.ConfigDict()

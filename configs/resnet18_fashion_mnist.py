@@ -10,15 +10,12 @@ the full-width network. Recipe of configs/resnet18_cifar10.py (SGD + Nesterov, c
 weight decay 5e-4, warmup + cosine) with flips only, 5 epochs.
 """
 
-from configs import resnet18_cifar10
+from configs import common, resnet18_cifar10
 
 
 def get_config():
   c = resnet18_cifar10.get_config()
-  c.data.source = 'local_fashion_mnist'
-  c.data.name = 'fashion_mnist'
-  c.data.mean = (0.286,)          # Fashion-MNIST training-set pixel mean / std.
-  c.data.std = (0.353,)
+  common.set_dataset(c, 'fashion_mnist')
   c.data.num_threads = 1          # In-memory arrays: more threads only take CPU from the step.
   c.model.num_channels = 1
   c.model.width = 16

@@ -25,10 +25,7 @@ def get_config():
   # Lazy references: `--config.batch_size=256` also rescales the lr and the step counts.
   batch_size = c.get_ref('batch_size')
   steps_per_epoch = NUM_TRAIN_EXAMPLES // batch_size
-  c.data.source = 'tfds'
-  c.data.name = 'imagenet2012'
-  c.data.mean = (0.485, 0.456, 0.406)  # ImageNet training-set statistics.
-  c.data.std = (0.229, 0.224, 0.225)
+  common.set_dataset(c, 'imagenet2012')
   c.data.eval_crop_size = 224
   c.data.eval_resize_size = 256
   c.data.num_threads = 16

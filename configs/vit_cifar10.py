@@ -15,10 +15,7 @@ from configs import common
 
 def get_config():
   c = common.get_base_config()
-  c.data.source = 'tfds'
-  c.data.name = 'cifar10'
-  c.data.mean = (0.4914, 0.4822, 0.4465)  # CIFAR-10 training-set statistics.
-  c.data.std = (0.2470, 0.2435, 0.2616)
+  common.set_dataset(c, 'cifar10')
   c.model.name = 'vit_custom'
   c.model.image_size = 32
   c.model.patch_size = 4

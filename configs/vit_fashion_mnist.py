@@ -16,10 +16,7 @@ from configs import common
 
 def get_config():
   c = common.get_base_config()
-  c.data.source = 'local_fashion_mnist'
-  c.data.name = 'fashion_mnist'
-  c.data.mean = (0.286,)          # Fashion-MNIST training-set pixel mean / std.
-  c.data.std = (0.353,)
+  common.set_dataset(c, 'fashion_mnist')
   c.model.name = 'vit_custom'
   c.model.image_size = 28
   c.model.patch_size = 7

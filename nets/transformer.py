@@ -66,8 +66,10 @@ class SubLayer(nn.Module):
     return x + y if self.pre_ln else norm(x + y)
 
 
-class EncoderLayer(nn.Module):
-  """Self-attention and feed-forward sub-layers (Sec. 3.1, encoder)."""
+class LayerFields(nn.Module):
+  """The fields shared by encoder and decoder layers: heads, FFN width d_ff, dropout on
+  sub-layer outputs / attention weights / inside the FFN, pre- or post-LN, LayerNorm
+  epsilon and the compute dtype."""
   num_heads: int
   d_ff: int
   dropout_rate: float = 0.1
@@ -76,6 +78,10 @@ class EncoderLayer(nn.Module):
   pre_ln: bool = False
   epsilon: float = 1e-6
   dtype: Any = jnp.float32
+
+
+class EncoderLayer(LayerFields):
+  """Self-attention and feed-forward sub-layers (Sec. 3.1, encoder)."""
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -91,16 +97,8 @@ class EncoderLayer(nn.Module):
                                      deterministic=deterministic)
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(LayerFields):
   """Causal self-attention, cross-attention and feed-forward sub-layers (Sec. 3.1, decoder)."""
-  num_heads: int
-  d_ff: int
-  dropout_rate: float = 0.1
-  attention_dropout_rate: float = 0.0
-  relu_dropout_rate: float = 0.0
-  pre_ln: bool = False
-  epsilon: float = 1e-6
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, encoded: jax.Array, self_mask: Optional[jax.Array],
@@ -264,11 +262,10 @@ class Transformer(nn.Module):
 def init_cache(model: Transformer, source: jax.Array, max_length: int):
   """An empty decoding cache for `source` [batch, source_length] and outputs of up to
   `max_length` tokens: {'cache': ...} to pass (mutable) to `model.decode(..., decode=True)`."""
-  encoded = jax.ShapeDtypeStruct(source.shape + (model.d_model,), jnp.float32)
+  encoded = jnp.zeros(source.shape + (model.d_model,), jnp.float32)
   target = jnp.zeros((source.shape[0], max_length), jnp.int32)
   variables = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros(encoded.shape, encoded.dtype), source, target,
-      decode=True, method=Transformer.decode))
+      jax.random.key(0), encoded, source, target, decode=True, method=Transformer.decode))
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), {'cache': variables['cache']})
 
 
