@@ -27,6 +27,7 @@ def set_dataset(c: ml_collections.ConfigDict, preset: str) -> None:
 def get_base_config() -> ml_collections.ConfigDict:
   """The shared fields with neutral defaults."""
   c = ml_collections.ConfigDict()
+  c.task = 'classification'       # 'classification' or 'seq2seq' (get_seq2seq_config).
   c.seed = 0                      # Seeds init, dropout and the data order/augmentation.
   c.num_train_steps = -1          # Optimizer steps; when > 0 it overrides num_epochs.
   c.num_epochs = 10.0             # Passes over the training split (fractions allowed).
@@ -89,6 +90,28 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.keep = 3           # Most recent checkpoints kept.
-  c.checkpoint.best_metric = 'top1'  # Also keep the best checkpoint by this eval metric.
+  c.checkpoint.best_metric = 'top1'  # Also keep the best checkpoint by this eval metric
+  c.checkpoint.best_mode = 'max'  # ... 'max' or 'min' (loss, WER) of it.
   c.checkpoint.async_save = True  # Write checkpoints in the background.
+  return c
+
+
+def get_seq2seq_config() -> ml_collections.ConfigDict:
+  """The shared fields plus those of sequence-to-sequence tasks (data.seq2seq)."""
+  c = get_base_config()
+  c.task = 'seq2seq'
+  c.model.name = 'transformer_base'
+  c.data.source = 'cmudict'       # 'cmudict' (G2P, offline) or 'tfds' (wmt14_translate/de-en).
+  c.data.name = 'cmudict'
+  c.data.eval_split = 'test'      # cmudict: 'dev' or 'test'; tfds: a TFDS split name.
+  c.data.keep_stress = False      # cmudict: keep the stress digits of vowels (AH0).
+  c.data.max_length = 32          # Tokens per sequence, </s> included (inputs and targets).
+  c.data.length_policy = 'filter'  # Longer training examples: 'filter' or 'truncate'.
+  c.data.pack = True              # Pack several examples per row (batch_size counts rows).
+  c.decode = ml_collections.ConfigDict()
+  c.decode.beam_size = 1          # 1: greedy search; > 1: beam search.
+  c.decode.alpha = 0.6            # Length penalty exponent (Wu et al. 2016).
+  c.decode.max_length = 32        # Most output tokens, </s> included.
+  c.checkpoint.best_metric = 'loss'
+  c.checkpoint.best_mode = 'min'
   return c

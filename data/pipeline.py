@@ -1,4 +1,5 @@
-"""Grain input pipelines for training and exact evaluation.
+"""Grain input pipelines for image classification, and what every dataset gives the
+trainer (`DataSpec`, the exact padded eval batching).
 
 Training: source -> this process's shard -> shuffle (reshuffled every epoch) ->
 repeat -> batch -> vectorised augmentation -> prefetching iterator. Everything
@@ -10,13 +11,57 @@ Evaluation: every example of the split exactly once; the last partial batch is
 padded and carries `mask` = 0 on the padding, so metrics are exact.
 """
 
+import dataclasses
 import math
 from typing import Iterator
 
 import grain
 import numpy as np
 
-from data import transforms
+from data import sources, transforms
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """What the model needs to know about the data.
+
+  model_kwargs: constructor arguments from the data ({'num_classes': 10}, or the
+    vocabulary sizes). init_args: numpy inputs of batch 1 for `model.init`.
+  """
+  model_kwargs: dict
+  init_args: tuple
+
+
+class ImageData:
+  """Image classification data for the trainer: the config's sources and pipelines.
+
+  Raises what `sources.build` raises (unknown or missing datasets).
+  """
+
+  def __init__(self, config):
+    self.config = config
+    self.train_source = sources.build(config, 'train')
+    self.eval_source = sources.build(config, 'eval')
+    self.num_train_examples = len(self.train_source)
+    num_classes = sources.DATASETS.get(config.data.name, {}).get('num_classes',
+                                                               config.num_classes)
+    self.spec = image_spec(num_classes, train_image_shape(config, self.train_source))
+
+  def train_iterator(self, process_index: int = 0, process_count: int = 1):
+    """See `train_iterator`."""
+    return train_iterator(self.config, self.train_source, process_index=process_index,
+                          process_count=process_count)
+
+  def eval_batches(self, process_index: int = 0, process_count: int = 1):
+    """See `eval_batches`."""
+    return eval_batches(self.config, self.eval_source, process_index=process_index,
+                        process_count=process_count)
+
+
+def image_spec(num_classes: int, image_shape: tuple) -> DataSpec:
+  """The DataSpec of images of `image_shape` (h, w, c) in `num_classes` classes."""
+  return DataSpec(model_kwargs={'num_classes': num_classes},
+                  init_args=(np.zeros((1,) + tuple(image_shape), np.float32),))
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -74,22 +119,30 @@ def eval_batches(config, source, *, process_index: int = 0,
   Batches: {'image': [local_batch, h, w, c] float32, 'label': [local_batch] int32,
   'mask': [local_batch] float32 (1 for real examples, 0 for padding)}.
   """
-  batch = local_batch_size(config.eval_batch_size, process_count)
-  total = num_eval_batches(len(source), config.eval_batch_size, process_count)
   ds = grain.MapDataset.source(source)[process_index::process_count]
   if config.data.eval_crop_size > 0:
     ds = ds.map(transforms.ResizeCenterCrop(config.data.eval_crop_size,
                                             config.data.eval_resize_size))
-  ds = ds.batch(batch)
-  ds = ds.map(transforms.EvalPreprocess(tuple(config.data.mean), tuple(config.data.std)))
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.data.num_threads,
-                                            prefetch_buffer_size=config.data.prefetch_batches))
+  batches = padded_batches(ds, len(source), config.eval_batch_size, config.data, process_count)
+  normalise = transforms.EvalPreprocess(tuple(config.data.mean), tuple(config.data.std))
+  for batch in batches:
+    yield normalise(batch)
+
+
+def padded_batches(ds: grain.MapDataset, num_examples: int, global_batch_size: int, data_config,
+                   process_count: int) -> Iterator[dict]:
+  """Batches of this process's shard `ds` (of a split of `num_examples`), each padded
+  to the local batch size with zeros and a float32 'mask' (0 on padding); processes
+  with shorter shards add all-padding batches so every process runs the same number."""
+  batch = local_batch_size(global_batch_size, process_count)
+  total = num_eval_batches(num_examples, global_batch_size, process_count)
+  ds = ds.batch(batch).to_iter_dataset(grain.ReadOptions(
+      num_threads=data_config.num_threads, prefetch_buffer_size=data_config.prefetch_batches))
   template = None
   count = 0
   for element in ds:
-    n = len(element['label'])
     template = element
-    yield _pad(element, batch, n)
+    yield _pad(element, batch, len(next(iter(element.values()))))
     count += 1
   for _ in range(total - count):  # Shards shorter than the others: all-padding batches.
     yield _pad({k: v[:0] for k, v in template.items()}, batch, 0)

@@ -205,41 +205,60 @@ class Transformer(nn.Module):
     self.dropout = nn.Dropout(self.dropout_rate)
     self.decode_position = DecodePosition(name='decode_position')
 
-  def _embed(self, embed, positions, ids, offset, deterministic):
+  def _embed(self, embed, positions, ids, position_ids, offset, deterministic):
     length = ids.shape[1]
     if offset is None and length > self.max_length:
       raise ValueError(f'sequence length {length} exceeds max_length {self.max_length}')
     x = embed(ids) * jnp.sqrt(self.d_model).astype(self.dtype)
-    pos = (positions[:length] if offset is None
-           else jax.lax.dynamic_slice_in_dim(positions, offset, length))
+    if position_ids is not None:  # Packed rows: positions restart at every sequence.
+      pos = jnp.take(positions, position_ids, axis=0)
+    elif offset is not None:
+      pos = jax.lax.dynamic_slice_in_dim(positions, offset, length)
+    else:
+      pos = positions[:length]
     return self.dropout(x + pos.astype(self.dtype), deterministic=deterministic)
 
-  def encode(self, source: jax.Array, *, train: bool = False) -> jax.Array:
-    """source: [batch, source_length] int32 -> encoded [batch, source_length, d_model]."""
-    mask = (source > 0)[:, None, None, :]
-    x = self._embed(self.source_embed, self.source_positions, source, None, not train)
+  def encode(self, source: jax.Array, *, source_segment_ids: Optional[jax.Array] = None,
+             source_position_ids: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
+    """source: [batch, source_length] int32 -> encoded [batch, source_length, d_model].
+
+    Packed rows (several sequences per row, e.g. Grain's packing) give
+    source_segment_ids (1, 2, ... per sequence, 0 on padding) and source_position_ids
+    [batch, source_length] int32: tokens attend within their own sequence only and
+    positions restart at 0 for each.
+    """
+    mask = _attention_mask(source.shape[1], source > 0, source_segment_ids, source_segment_ids)
+    x = self._embed(self.source_embed, self.source_positions, source, source_position_ids,
+                    None, not train)
     for layer in self.encoder_layers:
       x = layer(x, mask, deterministic=not train)
     return self.encoder_norm(x) if self.pre_ln else x
 
   def decode(self, encoded: jax.Array, source: jax.Array, target_in: jax.Array, *,
+             source_segment_ids: Optional[jax.Array] = None,
+             target_segment_ids: Optional[jax.Array] = None,
+             target_position_ids: Optional[jax.Array] = None,
              train: bool = False, decode: bool = False) -> jax.Array:
     """Logits [batch, target_length, target_vocab_size] float32 of the next token.
 
     target_in: [batch, target_length] int32, the targets shifted right (starting with
-    the start token). decode=True: one position per call ([batch, 1]) with the
-    'cache' collection mutable; call `init_cache` first.
+    the start token). Segment and position ids: as in `encode`, for packed rows.
+    decode=True: one position per call ([batch, 1]) with the 'cache' collection
+    mutable; call `init_cache` first.
     """
-    cross_mask = (source > 0)[:, None, None, :]
     if decode:
       offset = self.decode_position()
       self_mask = None
+      cross_mask = (source > 0)[:, None, None, :]
     else:
       offset = None
       length = target_in.shape[1]
       causal = jnp.tril(jnp.ones((length, length), bool))
-      self_mask = causal[None, None] & (target_in > 0)[:, None, None, :]
-    x = self._embed(self.target_embed, self.target_positions, target_in, offset, not train)
+      self_mask = causal[None, None] & _attention_mask(
+          length, target_in > 0, target_segment_ids, target_segment_ids)
+      cross_mask = _attention_mask(length, source > 0, target_segment_ids, source_segment_ids)
+    x = self._embed(self.target_embed, self.target_positions, target_in, target_position_ids,
+                    offset, not train)
     for layer in self.decoder_layers:
       x = layer(x, encoded, self_mask, cross_mask, deterministic=not train, decode=decode)
     if self.pre_ln:
@@ -250,13 +269,36 @@ class Transformer(nn.Module):
       logits = self.target_embed.attend(x)
     return logits.astype(jnp.float32)
 
-  def __call__(self, source: jax.Array, target_in: jax.Array, *, train: bool = False) -> jax.Array:
+  def __call__(self, source: jax.Array, target_in: jax.Array, *,
+               source_segment_ids: Optional[jax.Array] = None,
+               target_segment_ids: Optional[jax.Array] = None,
+               source_position_ids: Optional[jax.Array] = None,
+               target_position_ids: Optional[jax.Array] = None,
+               train: bool = False) -> jax.Array:
     """Teacher-forced logits [batch, target_length, target_vocab_size] float32.
 
     source: [batch, source_length] int32; target_in: [batch, target_length] int32
-    (targets shifted right). Raises ValueError for sequences longer than max_length.
+    (targets shifted right); optional segment/position ids for packed rows (`encode`).
+    Raises ValueError for sequences longer than max_length.
     """
-    return self.decode(self.encode(source, train=train), source, target_in, train=train)
+    encoded = self.encode(source, source_segment_ids=source_segment_ids,
+                          source_position_ids=source_position_ids, train=train)
+    return self.decode(encoded, source, target_in, source_segment_ids=source_segment_ids,
+                       target_segment_ids=target_segment_ids,
+                       target_position_ids=target_position_ids, train=train)
+
+
+def _attention_mask(query_length: int, key_valid: jax.Array,
+                    query_segments: Optional[jax.Array],
+                    key_segments: Optional[jax.Array]) -> jax.Array:
+  """bool [batch, 1, query_length, kv_length]: the key is a real token (not padding)
+  and, for packed rows, in the query's sequence. key_valid: [batch, kv_length] bool;
+  segments: [batch, length] int32, or None for one sequence per row."""
+  mask = jnp.broadcast_to(key_valid[:, None, :],
+                          (key_valid.shape[0], query_length, key_valid.shape[1]))
+  if query_segments is not None:
+    mask = mask & (query_segments[:, :, None] == key_segments[:, None, :])
+  return mask[:, None]
 
 
 def init_cache(model: Transformer, source: jax.Array, max_length: int):

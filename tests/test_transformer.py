@@ -52,6 +52,30 @@ def test_no_information_from_the_future_and_padding_is_ignored(pre_ln, share, po
                              atol=1e-5)
 
 
+@pytest.mark.parametrize('positions', ['sinusoidal', 'learned'])
+def test_packed_rows_equal_separate_sequences(positions):
+  """Two sequences packed into one row (segment and position ids, as Grain's packing
+  emits them) give the logits each gives alone."""
+  model = _tiny(position_encoding=positions)
+  source, target = _data()
+  variables = model.init(jax.random.key(0), source, target)
+  src = [np.array([3, 4, 5], np.int32), np.array([6, 7, 8, 9], np.int32)]
+  tgt = [np.array([2, 5, 6, 7], np.int32), np.array([2, 8, 9], np.int32)]
+  pack = lambda parts, n: np.concatenate(parts + [np.zeros(n - sum(map(len, parts)), np.int32)])
+  segments = lambda parts, n: pack([np.full(len(p), i + 1, np.int32) for i, p in enumerate(parts)], n)
+  positions_of = lambda parts, n: pack([np.arange(len(p), dtype=np.int32) for p in parts], n)
+  packed = model.apply(
+      variables, pack(src, 9)[None], pack(tgt, 8)[None],
+      source_segment_ids=segments(src, 9)[None], target_segment_ids=segments(tgt, 8)[None],
+      source_position_ids=positions_of(src, 9)[None],
+      target_position_ids=positions_of(tgt, 8)[None])[0]
+  start = 0
+  for s, t in zip(src, tgt):
+    alone = model.apply(variables, s[None], t[None])[0]
+    np.testing.assert_allclose(packed[start:start + len(t)], alone, atol=1e-5)
+    start += len(t)
+
+
 def test_cached_incremental_decoding_equals_full_decoding():
   model = _tiny()
   source, target = _data()

@@ -31,18 +31,21 @@ class Checkpointer:
   Args:
     workdir: run directory; checkpoints go to <workdir>/checkpoints.
     keep: number of most recent checkpoints kept.
-    best_metric: eval metric name whose maximum is kept as well ('' to disable).
+    best_metric: eval metric name whose best value is kept as well ('' to disable).
+    best_mode: 'max' (accuracy, BLEU) or 'min' (loss, WER): which value is best.
     async_save: write in a background thread.
   """
 
   def __init__(self, workdir: str, *, keep: int = 3, best_metric: str = 'top1',
-               async_save: bool = True):
+               best_mode: str = 'max', async_save: bool = True):
+    if best_mode not in ('max', 'min'):
+      raise ValueError(f"checkpoint.best_mode must be 'max' or 'min', got {best_mode!r}")
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
     self.corrupt_directory = os.path.abspath(os.path.join(workdir, 'checkpoints_corrupt'))
     policies = [ocp.checkpoint_managers.LatestN(n=max(keep, 1))]
     if best_metric:
       policies.append(ocp.checkpoint_managers.BestN(
-          get_metric_fn=lambda m: m[best_metric], n=1, keep_checkpoints_without_metrics=False))
+          get_metric_fn=lambda m: m[best_metric], reverse=best_mode == 'min', n=1, keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)

@@ -15,6 +15,7 @@ import functools
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from train import step as step_lib
@@ -60,6 +61,15 @@ class JitEngine:
     """The jitted eval step `(state, batch) -> metrics` ((sum, count) pairs, replicated)."""
     return jax.jit(functools.partial(step_lib.eval_step, **kwargs),
                    out_shardings=self.replicated)
+
+  def predict_step(self, **kwargs):
+    """The jitted `(state, batch) -> predictions`, sharded like the batch."""
+    return jax.jit(functools.partial(step_lib.predict_step, **kwargs),
+                   out_shardings=self.batch_sharding)
+
+  def to_local(self, x) -> np.ndarray:
+    """A batch-sharded output -> this process's rows as numpy (as put_batch took them)."""
+    return np.asarray(multihost_utils.global_array_to_host_local_array(x, self.mesh, P(AXIS)))
 
   def to_canonical(self, state):
     """The state as checkpoints store it; the jit engine already holds that form."""
@@ -110,6 +120,15 @@ class PmapEngine:
   def eval_step(self, **kwargs):
     """The pmapped eval step `(state, batch) -> metrics`, psum-ed over all devices."""
     return self._pmap(step_lib.eval_step, **kwargs)
+
+  def predict_step(self, **kwargs):
+    """The pmapped `(state, batch) -> predictions` [local_devices, rows, ...]."""
+    return self._pmap(step_lib.predict_step, **kwargs)
+
+  def to_local(self, x) -> np.ndarray:
+    """[local_devices, rows, ...] -> this process's rows [local_batch, ...] as numpy."""
+    x = np.asarray(x)
+    return x.reshape((-1,) + x.shape[2:])
 
   def to_host(self, tree):
     """Per-device step outputs (identical after psum) -> host numpy of one device."""

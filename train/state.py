@@ -32,15 +32,16 @@ class TrainState:
     return {'params': self.params, **self.model_state}
 
 
-def create(model, tx: optax.GradientTransformation, sample_input: jax.Array,
+def create(model, tx: optax.GradientTransformation, init_args: tuple,
            seed: int) -> TrainState:
-  """Initialises the model on `sample_input` ([1, ...], one example) and the optimizer.
+  """Initialises the model on `init_args` (its inputs for one example, e.g.
+  (image [1, h, w, c],) or (source [1, n], target [1, m])) and the optimizer.
 
   Pure; the engines call it under jit (or `jax.eval_shape` for the abstract state).
   """
   rng = jax.random.key(seed)
   init_rng, state_rng = jax.random.split(rng)
-  variables = model.init({'params': init_rng, 'dropout': init_rng}, sample_input, train=False)
+  variables = model.init({'params': init_rng, 'dropout': init_rng}, *init_args, train=False)
   variables = flax.core.unfreeze(variables)
   params = variables.pop('params')
   return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+import data as data_lib
 import nets
-from data import pipeline, sources
+from jax.experimental import multihost_utils
 from train import checkpoint as checkpoint_lib
 from train import optim, parallel, reporting, tasks
 from train import state as state_lib
@@ -52,8 +53,8 @@ def validate(config, num_devices: int) -> None:
   choice('optim.name', config.optim.name, optim.OPTIMIZERS)
   choice('optim.schedule', config.optim.schedule, optim.SCHEDULES)
   choice('optim.weight_decay_mode', config.optim.weight_decay_mode, optim.WEIGHT_DECAY_MODES)
-  if config.model.name not in nets.REGISTRY:
-    nets.build(config.model.name)  # Raises with the valid names.
+  choice('task', config.task, tasks.TASKS)
+  _check_model(config)
   for field in ('batch_size', 'eval_batch_size', 'log_every_steps', 'grad_accum_steps'):
     if config[field] <= 0:
       raise ValueError(f'config.{field} must be positive, got {config[field]}')
@@ -66,6 +67,28 @@ def validate(config, num_devices: int) -> None:
                      f'({config.grad_accum_steps})')
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ValueError('Set config.num_train_steps > 0 or config.num_epochs > 0')
+
+
+def _check_model(config) -> None:
+  """Builds (does not initialise) the model with placeholder data sizes, so unknown
+  names and fields fail before the data is read; checks seq2seq lengths against it."""
+  placeholder = ({'num_classes': 10} if config.task == 'classification'
+                 else {'source_vocab_size': 8, 'target_vocab_size': 8})
+  model = nets.build(config.model.name, **placeholder,
+                     **{k: v for k, v in config.model.items() if k != 'name'})
+  if config.task != 'seq2seq':
+    return
+  from data import seq2seq  # pylint: disable=import-outside-toplevel
+  if config.data.length_policy not in seq2seq.LENGTH_POLICIES:
+    raise ValueError(f'config.data.length_policy={config.data.length_policy!r} is not valid; '
+                     f'choose one of {list(seq2seq.LENGTH_POLICIES)}')
+  if config.decode.beam_size < 1:
+    raise ValueError(f'config.decode.beam_size must be >= 1, got {config.decode.beam_size}')
+  for field in ('data.max_length', 'decode.max_length'):
+    value = config[field.split('.')[0]][field.split('.')[1]]
+    if not 2 <= value <= model.max_length:
+      raise ValueError(f'config.{field}={value} must be in [2, model.max_length='
+                       f'{model.max_length}] (raise config.model.max_length for longer ones)')
 
 
 class _Preemption:
@@ -92,17 +115,31 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def evaluate(eval_step, state, engine, config, source) -> dict:
-  """Exact metrics over the whole eval split: name -> sum / count (host floats)."""
-  totals = None
-  for batch in pipeline.eval_batches(config, source, process_index=jax.process_index(),
-                                     process_count=jax.process_count()):
-    metrics = eval_step(state, engine.put_batch(batch))
+def evaluate(state, engine, data, eval_step, predict_step=None) -> dict:
+  """Exact metrics over the whole eval split: name -> sum / count (host floats), plus
+  `data.score` of the predictions when `predict_step` is given (seq2seq decoding)."""
+  totals, masks, indices, outputs = None, [], [], []
+  for batch in data.eval_batches(jax.process_index(), jax.process_count()):
+    device_batch = engine.put_batch(batch)
+    metrics = eval_step(state, device_batch)
     totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+    masks.append(batch['mask'])
+    if predict_step is not None:
+      outputs.append(engine.to_local(predict_step(state, device_batch)))
+      indices.append(batch['index'])
   totals = engine.to_host(totals)
   result = {name: float(v[0] / v[1]) for name, v in totals.items()}
-  result['num_examples'] = float(next(iter(totals.values()))[1])
+  mask = _all_processes(np.concatenate(masks)) > 0
+  result['num_examples'] = float(mask.sum())
+  if predict_step is not None:
+    index, output = (_all_processes(np.concatenate(x))[mask] for x in (indices, outputs))
+    result.update(data.score(index, output))
   return result
+
+
+def _all_processes(x: np.ndarray) -> np.ndarray:
+  """This process's rows -> the rows of all processes, concatenated (in process order)."""
+  return multihost_utils.process_allgather(x, tiled=True) if jax.process_count() > 1 else x
 
 
 def _summarise(step_metrics: list[dict], first_step: int) -> dict:
@@ -121,24 +158,22 @@ def _summarise(step_metrics: list[dict], first_step: int) -> dict:
   return out
 
 
-def build_components(config, total_steps: int, image_shape: tuple, axis_name=None):
+def build_components(config, total_steps: int, spec, axis_name=None):
   """Model, task, optimizer, schedule and state initialiser for `config`.
 
-  image_shape: (height, width, channels) of one input. axis_name: the engine's named
-  device axis (pmap) or None (jit); models with batch statistics (a field `axis_name`)
-  average them over it. Shared by the trainer and the benchmark so both measure the
-  same computation.
+  spec: the data's pipeline.DataSpec (model arguments such as num_classes, and
+  init inputs). axis_name: the engine's named device axis (pmap) or None (jit);
+  models with batch statistics (a field `axis_name`) average them over it. Shared by
+  the trainer and the benchmark so both measure the same computation.
   """
-  num_classes = sources.DATASETS.get(config.data.name, {}).get('num_classes', config.num_classes)
-  model = nets.build(config.model.name, num_classes=num_classes,
-                     dtype=COMPUTE_DTYPES[config.compute_dtype],
+  model = nets.build(config.model.name, dtype=COMPUTE_DTYPES[config.compute_dtype],
+                     **spec.model_kwargs,
                      **{k: v for k, v in config.model.items() if k != 'name'})
   if 'axis_name' in {f.name for f in dataclasses.fields(model)}:
     model = model.clone(axis_name=axis_name)
-  task = tasks.ClassificationTask(num_classes, config.label_smoothing)
+  task = tasks.build(config, spec)
   tx, schedule = optim.build(config, total_steps)
-  sample = np.zeros((1,) + tuple(image_shape), np.float32)
-  init_fn = functools.partial(state_lib.create, model, tx, sample, config.seed)
+  init_fn = functools.partial(state_lib.create, model, tx, spec.init_args, config.seed)
   return model, task, tx, schedule, init_fn
 
 
@@ -151,17 +186,16 @@ def run(config, workdir: str) -> dict:
   """
   engine = parallel.build(config.parallel)
   validate(config, engine.num_devices)
-  train_source = sources.build(config, 'train')
-  eval_source = sources.build(config, 'eval')
-  total_steps = total_train_steps(config, len(train_source))
+  data = data_lib.build(config)
+  total_steps = total_train_steps(config, data.num_train_examples)
 
-  model, task, tx, schedule, init_fn = build_components(
-      config, total_steps, pipeline.train_image_shape(config, train_source), engine.axis_name)
+  model, task, tx, schedule, init_fn = build_components(config, total_steps, data.spec,
+                                                        engine.axis_name)
 
-  train_iter = pipeline.train_iterator(config, train_source, process_index=jax.process_index(),
-                                       process_count=jax.process_count())
+  train_iter = data.train_iterator(jax.process_index(), jax.process_count())
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.checkpoint.keep,
                                      best_metric=config.checkpoint.best_metric,
+                                     best_mode=config.checkpoint.best_mode,
                                      async_save=config.checkpoint.async_save)
   abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=engine.replicated),
                           jax.eval_shape(init_fn))
@@ -184,7 +218,10 @@ def run(config, workdir: str) -> dict:
   train_step = engine.train_step(model=model, task=task, schedule=schedule,
                                  accum_steps=config.grad_accum_steps)
   eval_step = engine.eval_step(model=model, task=task)
-  run_eval = lambda s: evaluate(eval_step, s, engine, config, eval_source)
+  # Datasets with a `score` (seq2seq) are also decoded and scored at every evaluation.
+  predict_step = (engine.predict_step(model=model, task=task) if hasattr(data, 'score')
+                  else None)
+  run_eval = lambda s: evaluate(s, engine, data, eval_step, predict_step)
 
   pending, pending_from = [], step + 1
   # Throughput and ETA count only train steps after the first (compiling) one.

