@@ -42,11 +42,19 @@ class ArraySource:
     return {'image': self.images[index], 'label': self.labels[index]}
 
 
-class TfdsSource:
-  """A TFDS dataset read through `tfds.data_source` (ArrayRecord, no TensorFlow)."""
+def image_example(record) -> dict:
+  """A TFDS image-classification record -> {'image': uint8 array, 'label': int32}."""
+  return {'image': np.asarray(record['image']), 'label': np.int32(record['label'])}
 
-  def __init__(self, name: str, split: str, data_dir: str | None = None):
+
+class TfdsSource:
+  """A TFDS dataset read through `tfds.data_source` (ArrayRecord, no TensorFlow);
+  `convert` turns each record into an example (default: image_example)."""
+
+  def __init__(self, name: str, split: str, data_dir: str | None = None,
+               convert=image_example):
     import tensorflow_datasets as tfds  # Heavy; only imported when TFDS is used.
+    self._convert = convert
     try:
       self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
       len(self._source)
@@ -63,8 +71,7 @@ class TfdsSource:
     return len(self._source)
 
   def __getitem__(self, index: int) -> dict:
-    record = self._source[index]
-    return {'image': np.asarray(record['image']), 'label': np.int32(record['label'])}
+    return self._convert(self._source[index])
 
 
 def build(config, split: str):

@@ -13,6 +13,7 @@ import tensorflow_datasets as tfds
 import nets
 from configs import (mobilenetv2_cifar10, mobilenetv2_fashion_mnist, resnet18_cifar10,
                      resnet18_fashion_mnist, resnet50_imagenet)
+from data import pipeline
 from nets import layers, mobilenet_v2, resnet
 from train import parallel, trainer
 
@@ -160,8 +161,9 @@ def _bn_setup(name):
 def _bn_train(name, engine_name, num_devices):
   config, batch = _bn_setup(name)
   engine = parallel.build(engine_name, jax.devices()[:num_devices])
-  model, task, _, schedule, init_fn = trainer.build_components(config, 10, (16, 16, 3),
-                                                               engine.axis_name)
+  model, task, _, schedule, init_fn = trainer.build_components(
+      config, 10, pipeline.image_spec(10, (16, 16, 3)),
+      engine.axis_name)
   state = engine.init_state(init_fn)
   step = engine.train_step(model=model, task=task, schedule=schedule, accum_steps=1)
   state, metrics = step(state, engine.put_batch(batch))
@@ -187,7 +189,7 @@ def test_batch_statistics_on_eight_devices_equal_one_device(name, engine):
 def test_pmap_without_synchronisation_would_differ():
   # The check above is sensitive: per-device statistics differ from the global ones.
   config, batch = _bn_setup('resnet18')
-  model, *_ = trainer.build_components(config, 10, (16, 16, 3))
+  model, *_ = trainer.build_components(config, 10, pipeline.image_spec(10, (16, 16, 3)))
   variables = model.init(jax.random.key(0), batch['image'][:1])
   stats = lambda x: model.apply(variables, x, train=True, mutable=['batch_stats'])[1]
   global_mean = stats(batch['image'])['batch_stats']['stem']['bn']['mean']
@@ -231,7 +233,8 @@ def test_offline_configs_overfit_a_small_batch(module):
   else:
     config.learning_rate, config.model.dropout_rate = 0.05, 0.0
   engine = parallel.build('jit', jax.devices()[:1])
-  model, task, _, schedule, init_fn = trainer.build_components(config, 100, (28, 28, 1))
+  model, task, _, schedule, init_fn = trainer.build_components(
+      config, 100, pipeline.image_spec(10, (28, 28, 1)))
   rng = np.random.default_rng(0)
   batch = {'image': rng.normal(size=(16, 28, 28, 1)).astype(np.float32),
            'label': np.arange(16, dtype=np.int32) % 10}

@@ -20,7 +20,7 @@ def _setup(accum_steps=1):
   model = nets.build('vit_custom', num_classes=10, image_size=16, patch_size=4, hidden_size=16,
                      num_layers=1, mlp_dim=32, num_heads=2, num_channels=1)
   tx, schedule = optim.build(c, 10)
-  init_fn = functools.partial(state_lib.create, model, tx, np.zeros((1, 16, 16, 1), np.float32), 0)
+  init_fn = functools.partial(state_lib.create, model, tx, (np.zeros((1, 16, 16, 1), np.float32),), 0)
   rng = np.random.default_rng(0)
   batches = [{'image': rng.normal(size=(16, 16, 16, 1)).astype(np.float32),
               'label': rng.integers(0, 10, 16).astype(np.int32)} for _ in range(3)]

@@ -16,7 +16,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from data import sources
+from data import pipeline, sources
 from train import parallel, trainer
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
@@ -37,8 +37,9 @@ def benchmark(config, steps: int, image_size: int = 0) -> dict:
   size = (image_size or m.get('image_size', 0) or config.augment.random_resized_crop_size
           or dataset_shape[0])
   shape = (size, size, m.get('num_channels', 3))
-  model, task, _, schedule, init_fn = trainer.build_components(config, 10 ** 6, shape,
-                                                              engine.axis_name)
+  num_classes = sources.DATASETS.get(config.data.name, {}).get('num_classes', config.num_classes)
+  model, task, _, schedule, init_fn = trainer.build_components(
+      config, 10 ** 6, pipeline.image_spec(num_classes, shape), engine.axis_name)
   state = engine.init_state(init_fn)
   rng = np.random.default_rng(0)
   local_batch = config.batch_size // jax.process_count()

@@ -64,13 +64,14 @@ class Checkpointer:
 
   def restore_latest(self, abstract_state: TrainState, data_iterator) -> TrainState | None:
     """Restores the newest readable checkpoint into `abstract_state`'s structure and
-    shardings, and moves `data_iterator` to its saved position. Returns None when
-    there is no checkpoint."""
+    shardings, and moves `data_iterator` (if not None) to its saved position. Returns
+    None when there is no checkpoint."""
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_to_tree(abstract_state)),
-            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        items = {'state': ocp.args.StandardRestore(_to_tree(abstract_state))}
+        if data_iterator is not None:
+          items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
       except Exception as e:  # pylint: disable=broad-except  # Any unreadable checkpoint.
         logging.warning('Checkpoint at step %d cannot be restored (%s: %s); moving it to %s '
                         'and trying the previous one.', step, type(e).__name__,
