@@ -126,7 +126,7 @@ def eval_batches(config, source, *, process_index: int = 0,
   batches = padded_batches(ds, len(source), config.eval_batch_size, config.data, process_count)
   normalise = transforms.EvalPreprocess(tuple(config.data.mean), tuple(config.data.std))
   for batch in batches:
-    yield normalise(batch)
+    yield normalise.map(batch)
 
 
 def padded_batches(ds: grain.MapDataset, num_examples: int, global_batch_size: int, data_config,
