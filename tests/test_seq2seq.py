@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import transformer_g2p, transformer_wmt14
-from data import g2p, seq2seq
+from data import seq2seq
 from train import parallel, tasks, trainer
 
 

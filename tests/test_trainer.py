@@ -180,3 +180,26 @@ def test_two_processes_train_together(fmnist_dir, tmp_path, engine):
   final = json.loads((workdir / 'final_metrics.json').read_text())
   assert final['num_examples'] == 36 and final['step'] == 4  # Every eval example once.
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
+
+
+def test_two_processes_decode_and_score_every_eval_example_once(tmp_path):
+  """Seq2seq eval across two hosts: each decodes its shard, the outputs are gathered
+  and scored once over the whole split (CMUdict dev: 6,268 words)."""
+  import json  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / 'run'
+  args = ['--config.model.name=transformer_g2p_tiny', '--config.num_train_steps=2',
+          '--config.warmup_steps=1', '--config.batch_size=8', '--config.eval_batch_size=1000',
+          '--config.data.eval_split=dev', '--config.decode.max_length=4',
+          '--config.eval_every_steps=0', '--config.checkpoint_every_steps=0',
+          f'--workdir={workdir}']
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, 'launch.py', '--config=configs/transformer_g2p.py', *args,
+       f'--coordinator_address=localhost:{port}', '--num_processes=2', f'--process_id={i}'],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}) for i in range(2)]
+  outputs = [p.communicate(timeout=240)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  final = json.loads((workdir / 'final_metrics.json').read_text())
+  assert final['num_examples'] == 6268 and final['step'] == 2
+  assert 0.0 <= final['wer'] <= 100.0 and final['per'] >= 0.0

@@ -30,6 +30,10 @@ flags.mark_flags_as_required(['config'])
 def benchmark(config, steps: int, image_size: int = 0) -> dict:
   """Times `steps` train steps of `config` on random images of side `image_size`
   (0: from the config, see --image_size); returns the numbers."""
+  if config.task != 'classification':
+    raise ValueError(f'train.bench times image-classification configs (task={config.task!r}); '
+                     'seq2seq runs report their throughput in the training log, and '
+                     '`python -m train.predict --eval` times decoding.')
   engine = parallel.build(config.parallel)
   trainer.validate(config, engine.num_devices)
   m = config.model
