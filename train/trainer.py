@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 import data as data_lib
 import nets
-from jax.experimental import multihost_utils
 from train import checkpoint as checkpoint_lib
 from train import optim, parallel, reporting, tasks
 from train import state as state_lib
