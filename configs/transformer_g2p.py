@@ -29,7 +29,7 @@ def get_config():
   c.decode.beam_size = 1
   c.batch_size = 64               # Packed rows: ~240 words, ~1,700 target tokens.
   c.eval_batch_size = 500
-  c.num_train_steps = 10000
+  c.num_train_steps = 20000
   c.learning_rate = 1e-3
   c.warmup_steps = 1000
   c.optim.schedule = 'rsqrt'

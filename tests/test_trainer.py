@@ -7,13 +7,18 @@ import signal
 import subprocess
 import sys
 
+import grain
+import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
 from configs import vit_cifar10
+from train import checkpoint as checkpoint_lib
 from train import trainer
+from train.state import TrainState
 from tests.conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -203,3 +208,23 @@ def test_two_processes_decode_and_score_every_eval_example_once(tmp_path):
   final = json.loads((workdir / 'final_metrics.json').read_text())
   assert final['num_examples'] == 6268 and final['step'] == 2
   assert 0.0 <= final['wer'] <= 100.0 and final['per'] >= 0.0
+
+
+def test_checkpoint_averaging_means_the_newest_params(tmp_path):
+  tx = optax.sgd(0.1)
+  def state(step, value):
+    params = {'w': np.full((2,), value, np.float32)}
+    return TrainState(step=np.int32(step), params=params, model_state={},
+                      opt_state=tx.init(params), rng=np.zeros((2,), np.uint32), tx=tx)
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), keep=5, best_metric='', async_save=False)
+  iterator = iter(grain.MapDataset.range(4).to_iter_dataset())
+  for step, value in ((1, 1.0), (2, 2.0), (3, 6.0)):
+    ckpt.save(state(step, value), iterator)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
+                          state(0, 0.0))
+  averaged = ckpt.restore_average(abstract, 2)
+  assert int(averaged.step) == 3
+  np.testing.assert_allclose(averaged.params['w'], [4.0, 4.0])  # (2 + 6) / 2
+  with pytest.raises(ValueError, match='Cannot average 4 checkpoints'):
+    ckpt.restore_average(abstract, 4)
+  ckpt.close()

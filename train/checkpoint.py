@@ -82,6 +82,25 @@ class Checkpointer:
       return abstract_state.replace(**restored['state'])
     return None
 
+  def restore_average(self, abstract_state: TrainState, num_checkpoints: int) -> TrainState:
+    """The newest checkpoint with its params (and model state) replaced by the mean
+    over the `num_checkpoints` newest ones: checkpoint averaging (Vaswani et al. 2017,
+    Sec. 6.1, "averaging the last 5 checkpoints"). For prediction; the optimizer state
+    is the newest checkpoint's.
+
+    Raises ValueError when fewer than `num_checkpoints` checkpoints exist.
+    """
+    steps = sorted(self.manager.all_steps(), reverse=True)[:num_checkpoints]
+    if num_checkpoints < 1 or len(steps) < num_checkpoints:
+      raise ValueError(f'Cannot average {num_checkpoints} checkpoints: {self.directory} has '
+                       f'steps {sorted(self.manager.all_steps())}')
+    states = [abstract_state.replace(**self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_to_tree(abstract_state))))['state']) for step in steps]
+    mean = lambda *xs: sum(xs) / len(xs)
+    logging.info('Averaging the checkpoints at steps %s.', steps)
+    return states[0].replace(params=jax.tree.map(mean, *[s.params for s in states]),
+                             model_state=jax.tree.map(mean, *[s.model_state for s in states]))
+
   def _quarantine(self, step: int) -> None:
     if jax.process_index() == 0:
       os.makedirs(self.corrupt_directory, exist_ok=True)

@@ -3,7 +3,7 @@ of a run), and the timed decoding of a whole eval split.
 
   python -m train.predict --config=configs/transformer_g2p.py --text=hello --text=jax
   python -m train.predict --config=configs/transformer_g2p.py --eval \
-      [--config.decode.beam_size=4] [--workdir=runs/transformer_g2p]
+      [--config.decode.beam_size=4] [--average_last=3] [--workdir=runs/transformer_g2p]
 
 --eval decodes every example of config.data.eval_split and prints the task metrics
 (WER/PER, BLEU) and the decoding speed in examples (words, sentences) per second,
@@ -27,12 +27,15 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file of the ru
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default runs/<config name>).')
 _TEXT = flags.DEFINE_multi_string('text', [], 'Input strings to translate.')
 _EVAL = flags.DEFINE_bool('eval', False, 'Decode and score the eval split, timed.')
+_AVERAGE = flags.DEFINE_integer('average_last', 1, 'Average the params of this many newest '
+                                'checkpoints (Vaswani et al. 2017, Sec. 6.1); 1: the latest.')
 flags.mark_flags_as_required(['config'])
 
 
-def load(config, workdir: str):
-  """(data, decode_fn) for the latest checkpoint in `workdir`: decode_fn maps inputs
-  [eval_batch_size, max_length] int32 to decoded ids (numpy).
+def load(config, workdir: str, average_last: int = 1):
+  """(data, decode_fn) for the latest checkpoint in `workdir` (or the average of the
+  `average_last` newest): decode_fn maps inputs [eval_batch_size, max_length] int32
+  to decoded ids (numpy).
 
   Raises FileNotFoundError when `workdir` has no checkpoint, ValueError for a config
   that is not seq2seq (or bad fields).
@@ -53,7 +56,8 @@ def load(config, workdir: str):
                                                          sharding=engine.replicated),
                           jax.eval_shape(init_fn))
   ckpt = checkpoint_lib.Checkpointer(workdir, best_metric='', async_save=False)
-  state = ckpt.restore_latest(abstract, None)
+  state = (ckpt.restore_latest(abstract, None) if average_last == 1
+           else ckpt.restore_average(abstract, average_last))
   ckpt.close()
   if state is None:
     raise FileNotFoundError(f'No readable checkpoint in {directory}')
@@ -80,7 +84,7 @@ def main(argv):
   reporting.quiet_library_logs()
   config = _CONFIG.value
   name = os.path.splitext(os.path.basename(flags.FLAGS['config'].config_filename))[0]
-  data, decode_fn = load(config, _WORKDIR.value or os.path.join('runs', name))
+  data, decode_fn = load(config, _WORKDIR.value or os.path.join('runs', name), _AVERAGE.value)
   for text, output in zip(_TEXT.value, data.translate(_TEXT.value, decode_fn,
                                                       config.eval_batch_size)):
     print(f'{text}\t{output}')
@@ -88,6 +92,7 @@ def main(argv):
     result = timed_eval(data, decode_fn, config.eval_batch_size)
     print(json.dumps({'device': f'{jax.device_count()}x {jax.devices()[0].device_kind}',
                       'split': config.data.eval_split, 'beam_size': config.decode.beam_size,
+                      'average_last': _AVERAGE.value,
                       **result}))
 
 
