@@ -4,11 +4,11 @@ r"""Grapheme-to-phoneme on CMUdict with a small Transformer: offline, on a CPU.
   python launch.py --config=configs/transformer_g2p.py
 
 Spellings -> ARPAbet phonemes, stress stripped; split by word (data.g2p). A post-LN
-Transformer of 3+3 layers, d_model 128 (Vaswani et al. 2017 with the G2P-sized
-widths of the CMU Sphinx g2p-seq2seq Transformer), Adam with beta2 = 0.98 and the
-inverse-square-root schedule, label smoothing 0.1, dropout 0.1. Packed rows of 32
-tokens (~4 words each). Evaluation decodes the test split greedily and reports WER
-and PER (%); best checkpoint by WER.
+Transformer (Vaswani et al. 2017) of 3+3 layers, d_model 128, sized for a CPU; Adam
+with beta2 = 0.98 and the inverse-square-root schedule, label smoothing 0.1, dropout
+0.1. Packed rows of 32 tokens (3.6 words each on average). Evaluation decodes the
+test split greedily and reports WER and PER (%); best checkpoint by WER. On a 2-core
+CPU: 2 h, test WER 25.8 % / PER 6.3 % greedy (README: Results).
 """
 
 from configs import common
@@ -27,7 +27,7 @@ def get_config():
   c.data.num_threads = 1
   c.decode.max_length = 32
   c.decode.beam_size = 1
-  c.batch_size = 64               # Packed rows: ~240 words, ~1,700 target tokens.
+  c.batch_size = 64               # Packed rows: 231 words on average.
   c.eval_batch_size = 500
   c.num_train_steps = 20000
   c.learning_rate = 1e-3
