@@ -2,6 +2,8 @@
 length policies, packing, memorising a G2P subset, the predict path, and the WMT14
 config under tfds.testing.mock_data."""
 
+import collections
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,9 +97,7 @@ def test_tiny_transformer_memorises_a_g2p_subset_and_translates_strings(g2p_data
   config.model.dropout_rate = 0.0
   config.decode.max_length = 16
   corpus = g2p_data.corpus
-  counts = {}
-  for w, _ in corpus.train_pairs:
-    counts[w] = counts.get(w, 0) + 1
+  counts = collections.Counter(w for w, _ in corpus.train_pairs)
   words = [(w, p) for w, p in corpus.train_pairs if len(w) <= 8 and counts[w] == 1][:32]
   pairs = [g2p_data._tokenize(p) for p in words]  # pylint: disable=protected-access
   batch = {k: np.stack([seq2seq.pad_to(p[k], 16) for p in pairs]) for k in ('inputs', 'targets')}

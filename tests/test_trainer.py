@@ -162,6 +162,20 @@ def _free_port():
     return s.getsockname()[1]
 
 
+def _launch_two_processes(config_path: str, args: list) -> list:
+  """Runs launch.py as two local processes joined by jax.distributed; asserts both
+  exit 0 and returns their outputs."""
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, 'launch.py', f'--config={config_path}', *args,
+       f'--coordinator_address=localhost:{port}', '--num_processes=2', f'--process_id={i}'],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}) for i in range(2)]
+  outputs = [p.communicate(timeout=240)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  return outputs
+
+
 @pytest.mark.parametrize('engine', ['jit', 'pmap'])
 def test_two_processes_train_together(fmnist_dir, tmp_path, engine):
   """Two local CPU processes joined by jax.distributed (gloo) act as two hosts."""
@@ -173,14 +187,7 @@ def test_two_processes_train_together(fmnist_dir, tmp_path, engine):
           '--config.model.num_heads=2', '--config.batch_size=16', '--config.eval_batch_size=16',
           '--config.eval_every_steps=2', '--config.checkpoint_every_steps=2',
           f'--config.parallel={engine}', f'--workdir={workdir}']
-  port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, 'launch.py', '--config=configs/vit_fashion_mnist.py', *args,
-       f'--coordinator_address=localhost:{port}', '--num_processes=2', f'--process_id={i}'],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}) for i in range(2)]
-  outputs = [p.communicate(timeout=240)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  outputs = _launch_two_processes('configs/vit_fashion_mnist.py', args)
   assert all('2 processes' in out for out in outputs)
   final = json.loads((workdir / 'final_metrics.json').read_text())
   assert final['num_examples'] == 36 and final['step'] == 4  # Every eval example once.
@@ -197,14 +204,7 @@ def test_two_processes_decode_and_score_every_eval_example_once(tmp_path):
           '--config.data.eval_split=dev', '--config.decode.max_length=4',
           '--config.eval_every_steps=0', '--config.checkpoint_every_steps=0',
           f'--workdir={workdir}']
-  port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, 'launch.py', '--config=configs/transformer_g2p.py', *args,
-       f'--coordinator_address=localhost:{port}', '--num_processes=2', f'--process_id={i}'],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}) for i in range(2)]
-  outputs = [p.communicate(timeout=240)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  _launch_two_processes('configs/transformer_g2p.py', args)
   final = json.loads((workdir / 'final_metrics.json').read_text())
   assert final['num_examples'] == 6268 and final['step'] == 2
   assert 0.0 <= final['wer'] <= 100.0 and final['per'] >= 0.0

@@ -52,9 +52,7 @@ def load(config, workdir: str, average_last: int = 1):
   total_steps = trainer.total_train_steps(config, data.num_train_examples)
   model, task, _, _, init_fn = trainer.build_components(config, total_steps, data.spec,
                                                         engine.axis_name)
-  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
-                                                         sharding=engine.replicated),
-                          jax.eval_shape(init_fn))
+  abstract = trainer.abstract_state(init_fn, engine)
   ckpt = checkpoint_lib.Checkpointer(workdir, best_metric='', async_save=False)
   state = (ckpt.restore_latest(abstract, None) if average_last == 1
            else ckpt.restore_average(abstract, average_last))

@@ -177,6 +177,13 @@ def build_components(config, total_steps: int, spec, axis_name=None):
   return model, task, tx, schedule, init_fn
 
 
+def abstract_state(init_fn, engine):
+  """The TrainState `init_fn` would build, as shapes replicated over the engine's mesh
+  (what checkpoints restore into); nothing is computed."""
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=engine.replicated),
+                      jax.eval_shape(init_fn))
+
+
 def run(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it has checkpoints).
 
@@ -197,8 +204,7 @@ def run(config, workdir: str) -> dict:
                                      best_metric=config.checkpoint.best_metric,
                                      best_mode=config.checkpoint.best_mode,
                                      async_save=config.checkpoint.async_save)
-  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=engine.replicated),
-                          jax.eval_shape(init_fn))
+  abstract = abstract_state(init_fn, engine)
   restored = ckpt.restore_latest(abstract, train_iter)
   state = engine.from_canonical(restored) if restored is not None else engine.init_state(init_fn)
   step = int(parallel.replica(restored.step)) if restored is not None else 0
