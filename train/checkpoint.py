@@ -68,10 +68,7 @@ class Checkpointer:
     None when there is no checkpoint."""
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
-        items = {'state': ocp.args.StandardRestore(_to_tree(abstract_state))}
-        if data_iterator is not None:
-          items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        state = self._restore(step, abstract_state, data_iterator)
       except Exception as e:  # pylint: disable=broad-except  # Any unreadable checkpoint.
         logging.warning('Checkpoint at step %d cannot be restored (%s: %s); moving it to %s '
                         'and trying the previous one.', step, type(e).__name__,
@@ -79,7 +76,7 @@ class Checkpointer:
         self._quarantine(step)
         continue
       logging.info('Resumed from checkpoint at step %d.', step)
-      return abstract_state.replace(**restored['state'])
+      return state
     return None
 
   def restore_average(self, abstract_state: TrainState, num_checkpoints: int) -> TrainState:
@@ -90,16 +87,26 @@ class Checkpointer:
 
     Raises ValueError when fewer than `num_checkpoints` checkpoints exist.
     """
-    steps = sorted(self.manager.all_steps(), reverse=True)[:num_checkpoints]
+    all_steps = sorted(self.manager.all_steps(), reverse=True)
+    steps = all_steps[:num_checkpoints]
     if num_checkpoints < 1 or len(steps) < num_checkpoints:
       raise ValueError(f'Cannot average {num_checkpoints} checkpoints: {self.directory} has '
-                       f'steps {sorted(self.manager.all_steps())}')
-    states = [abstract_state.replace(**self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_to_tree(abstract_state))))['state']) for step in steps]
+                       f'steps {all_steps[::-1]}')
+    states = [self._restore(step, abstract_state) for step in steps]
     mean = lambda *xs: sum(xs) / len(xs)
     logging.info('Averaging the checkpoints at steps %s.', steps)
     return states[0].replace(params=jax.tree.map(mean, *[s.params for s in states]),
                              model_state=jax.tree.map(mean, *[s.model_state for s in states]))
+
+  def _restore(self, step: int, abstract_state: TrainState, data_iterator=None) -> TrainState:
+    """The checkpoint at `step` in `abstract_state`'s structure and shardings; moves
+    `data_iterator` (if not None) to its saved position. Raises what Orbax raises for
+    an unreadable checkpoint."""
+    items = {'state': ocp.args.StandardRestore(_to_tree(abstract_state))}
+    if data_iterator is not None:
+      items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    return abstract_state.replace(**restored['state'])
 
   def _quarantine(self, step: int) -> None:
     if jax.process_index() == 0:
