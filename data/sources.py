@@ -6,23 +6,21 @@ Each source has `len()` and `__getitem__` returning {'image': [h, w, c] uint8,
 
 import dataclasses
 import os
+import re
 
 import numpy as np
 
 from data import fashion_mnist
 
-# Datasets known to this codebase: number of classes, TFDS split names and the image
-# shape (None: images of varying size).
+# Datasets known to this codebase: number of classes and the image shape (None:
+# images of varying size). Which splits a run uses is in its config (data.*_split).
 DATASETS = {
-    'cifar10': dict(num_classes=10, train_split='train', eval_split='test',
-                    image_shape=(32, 32, 3)),
-    'cifar100': dict(num_classes=100, train_split='train', eval_split='test',
-                     image_shape=(32, 32, 3)),
-    'fashion_mnist': dict(num_classes=10, train_split='train', eval_split='test',
-                          image_shape=(28, 28, 1)),
-    'imagenet2012': dict(num_classes=1000, train_split='train', eval_split='validation',
-                         image_shape=None),
+    'cifar10': dict(num_classes=10, image_shape=(32, 32, 3)),
+    'cifar100': dict(num_classes=100, image_shape=(32, 32, 3)),
+    'fashion_mnist': dict(num_classes=10, image_shape=(28, 28, 1)),
+    'imagenet2012': dict(num_classes=1000, image_shape=None),
 }
+_SLICE = re.compile(r'^(\w+)(?:\[(-?\d*%?):(-?\d*%?)\])?$')
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -74,26 +72,50 @@ class TfdsSource:
     return self._convert(self._source[index])
 
 
-def build(config, split: str):
-  """Returns the source for `split` ('train' or 'eval') of `config.data`.
+def split_slice(split: str, num_examples: int) -> tuple[str, slice]:
+  """A TFDS-style split name -> (base split, slice of its examples), for local data:
+  'train' -> ('train', all), 'train[:55000]', 'train[55000:]', 'train[-5000:]',
+  'train[:90%]', 'train[90%:]' (percent boundaries rounded to the nearest example).
 
-  config.data.source is 'tfds' (config.data.name in DATASETS) or 'local_fashion_mnist'
-  (IDX files in config.data.dir).
+  Raises ValueError for another syntax.
+  """
+  match = _SLICE.match(split.replace(' ', ''))
+  if not match:
+    raise ValueError(f"Cannot parse split {split!r}; use e.g. 'train', 'train[:55000]', "
+                     "'train[90%:]'")
+  def bound(text):
+    if not text:
+      return None
+    if text.endswith('%'):
+      return round(int(text[:-1]) * num_examples / 100)
+    return int(text)
+  return match.group(1), slice(bound(match.group(2)), bound(match.group(3)))
+
+
+def build(config, split: str):
+  """Returns the source for `split` of `config.data`: a split name of the dataset
+  ('train', 'test', 'validation') or a slice of one ('train[:90%]', 'train[45000:]').
+
+  config.data.source is 'tfds' (config.data.name in DATASETS; TFDS reads the slice)
+  or 'local_fashion_mnist' (IDX files in config.data.dir; splits 'train', 'test').
 
   Raises:
-    ValueError: unknown source, dataset or split.
+    ValueError: unknown source, dataset or split, or an empty slice.
     DatasetNotFoundError / FileNotFoundError: data not on disk (with instructions).
   """
   data = config.data
-  if split not in ('train', 'eval'):
-    raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
   if data.source == 'local_fashion_mnist':
-    images, labels = fashion_mnist.load('train' if split == 'train' else 'test',
-                                        data.get('dir') or fashion_mnist.DEFAULT_DIR)
-    return ArraySource(images, labels)
-  if data.source == 'tfds':
+    base = split_slice(split, 0)[0]
+    images, labels = fashion_mnist.load(base, data.get('dir') or fashion_mnist.DEFAULT_DIR)
+    part = split_slice(split, len(images))[1]
+    source = ArraySource(images[part], labels[part])
+  elif data.source == 'tfds':
     if data.name not in DATASETS:
       raise ValueError(f'Unknown TFDS dataset {data.name!r}; valid: {sorted(DATASETS)}')
-    tfds_split = DATASETS[data.name][f'{split}_split']
-    return TfdsSource(data.name, tfds_split, data.get('tfds_data_dir') or None)
-  raise ValueError(f"Unknown data.source {data.source!r}; valid: ['local_fashion_mnist', 'tfds']")
+    source = TfdsSource(data.name, split, data.get('tfds_data_dir') or None)
+  else:
+    raise ValueError(f"Unknown data.source {data.source!r}; valid: ['local_fashion_mnist', "
+                     "'tfds']")
+  if not len(source):
+    raise ValueError(f'Split {split!r} of {data.name} has no examples')
+  return source

@@ -16,7 +16,7 @@ import os
 import numpy as np
 from absl import logging
 
-from data import seq2seq, sources
+from data import pipeline, seq2seq, sources
 
 
 def _text(value) -> str:
@@ -79,16 +79,19 @@ def load_or_train_vocabulary(config, train_pairs):
 
 
 def corpus(config) -> seq2seq.TextCorpus:
-  """The WMT corpus of `config.data` (name, source_lang -> target_lang, eval_split).
+  """The WMT corpus of `config.data` (name, source_lang -> target_lang, train / validation / test splits).
 
   Raises sources.DatasetNotFoundError (with the preparation command) when the dataset
   is not prepared.
   """
   import sacrebleu  # pylint: disable=import-outside-toplevel
-  train_pairs = _pairs_source(config, 'train')
-  eval_pairs = _pairs_source(config, config.data.eval_split)
+  train_pairs = _pairs_source(config, config.data.train_split)
   processor = load_or_train_vocabulary(config, train_pairs)
-  eval_examples = [eval_pairs[i] for i in range(len(eval_pairs))]
+
+  def eval_set(split: str) -> seq2seq.EvalSet:
+    pairs = _pairs_source(config, split)
+    examples = [pairs[i] for i in range(len(pairs))]
+    return seq2seq.EvalSet([s for s, _ in examples], [[t] for _, t in examples])
   encode = lambda text: processor.encode(text) + [seq2seq.EOS_ID]
 
   def decode(ids) -> str:
@@ -102,8 +105,9 @@ def corpus(config) -> seq2seq.TextCorpus:
                                           [[refs[0] for refs in references]]).score}
 
   return seq2seq.TextCorpus(
-      train_pairs=train_pairs, eval_sources=[s for s, _ in eval_examples],
-      eval_references=[[t] for _, t in eval_examples], encode_source=encode,
+      train_pairs=train_pairs,
+      eval_sets={role: eval_set(split) for role, split in pipeline.eval_splits(config).items()},
+      encode_source=encode,
       encode_target=encode, decode_target=decode,
       source_vocab_size=processor.get_piece_size(), target_vocab_size=processor.get_piece_size(),
       score=score)

@@ -1,5 +1,6 @@
 """Fashion-MNIST IDX reader, augmentations, Grain pipelines, TFDS sources."""
 
+import math
 import time
 
 import numpy as np
@@ -36,15 +37,45 @@ def test_fashion_mnist_load_and_missing_dir(fmnist_dir, tmp_path):
     fashion_mnist.load('test', str(tmp_path / 'nowhere'))
 
 
+def _coordinate_images(b, h, w):
+  """[b, h, w, 3] uint8 whose pixel (y, x) of image i is (y + 1, x + 1, i + 1); 0 = padding."""
+  ys, xs, ids = np.meshgrid(np.arange(h), np.arange(w), np.arange(b), indexing='ij')
+  return (np.stack([ys, xs, ids], -1).transpose(2, 0, 1, 3) + 1).astype(np.uint8)
+
+
+def _shifted(images, padding, top, left):
+  """By hand: image i seen through an h x w window at (top[i], left[i]) of its zero-padded self."""
+  b, h, w, _ = images.shape
+  out = np.zeros_like(images)
+  for i in range(b):
+    for r in range(h):
+      for c in range(w):
+        y, x = top[i] + r - padding, left[i] + c - padding
+        if 0 <= y < h and 0 <= x < w:
+          out[i, r, c] = images[i, y, x]
+  return out
+
+
 def test_random_crop_with_padding_is_a_shifted_window():
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 255, size=(8, 6, 6, 1)).astype(np.uint8)
+  """Each image is its padded self cropped at the replayed (top, left); offsets vary."""
+  images = _coordinate_images(16, 6, 5)
   out = transforms.random_crop_with_padding(images, 2, np.random.default_rng(1))
-  assert out.shape == images.shape and out.dtype == np.uint8
-  padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
-  for i in range(8):  # Each output is one of the 25 windows of its padded input.
-    assert any(np.array_equal(out[i], padded[i, y:y + 6, x:x + 6])
-               for y in range(5) for x in range(5))
+  rng = np.random.default_rng(1)  # The same draws: all tops, then all lefts, in [0, 4].
+  top, left = rng.integers(0, 5, size=16), rng.integers(0, 5, size=16)
+  assert out.dtype == np.uint8
+  np.testing.assert_array_equal(out, _shifted(images, 2, top, left))
+  # Offsets read back from the coordinates in the pixels; the original is at (2, 2).
+  for i in range(16):
+    r, c = np.argwhere(out[i, :, :, 2] > 0)[0]  # The first original pixel in the window.
+    assert (out[i, r, c, 0] - 1 - r + 2, out[i, r, c, 1] - 1 - c + 2) == (top[i], left[i])
+  assert ((top != 2) | (left != 2)).sum() >= 10 and len(set(zip(top, left))) >= 8
+  padding = (out == 0).all(-1)  # Zeros exactly outside the shifted image.
+  rows, cols = np.arange(6)[None, :, None], np.arange(5)[None, None, :]
+  inside = ((rows + top[:, None, None] - 2 >= 0) & (rows + top[:, None, None] - 2 < 6)
+            & (cols + left[:, None, None] - 2 >= 0) & (cols + left[:, None, None] - 2 < 5))
+  np.testing.assert_array_equal(padding, ~inside)
+  assert padding.any()
+  np.testing.assert_array_equal(transforms.random_crop_with_padding(images, 0, rng), images)
 
 
 def test_random_resized_crop_is_a_resized_window_within_scale():
@@ -76,17 +107,82 @@ def test_resize_center_crop_takes_the_middle():
     transforms.resize_center_crop(image, 300, 256)
 
 
-def test_flip_and_erasing():
-  images = np.arange(4 * 4 * 5 * 1, dtype=np.float32).reshape(4, 4, 5, 1)
-  flipped = transforms.random_flip(images, np.random.default_rng(0))
-  for a, b in zip(images, flipped):
-    assert np.array_equal(a, b) or np.array_equal(a[:, ::-1], b)
-  big = np.zeros((200, 32, 32, 3), np.float32)
-  erased = transforms.random_erasing(big, np.random.default_rng(0), probability=0.5)
-  changed = (erased != 0).any(axis=(1, 2, 3))
-  assert 0.35 < changed.mean() < 0.65
-  fractions = (erased[changed] != 0).any(-1).mean(axis=(1, 2))
-  assert fractions.min() >= 0.015 and fractions.max() <= 0.41  # Area ratio in [0.02, 0.4].
+def test_random_flip_mirrors_exactly_the_replayed_images():
+  """Image i is mirrored left-right iff the replayed rng.random(b)[i] < 0.5; others unchanged."""
+  images = np.arange(8 * 3 * 5 * 2, dtype=np.uint8).reshape(8, 3, 5, 2)
+  out = transforms.random_flip(images, np.random.default_rng(0))
+  flip = np.random.default_rng(0).random(8) < 0.5
+  assert 0 < flip.sum() < 8  # The batch has both flipped and unflipped images.
+  expected = images.copy()
+  for i in np.flatnonzero(flip):
+    for x in range(5):
+      expected[i, :, x] = images[i, :, 4 - x]
+  np.testing.assert_array_equal(out, expected)
+  assert out.dtype == np.uint8
+
+
+def _erased_by_hand(images, seed, probability, area_range=(0.02, 0.4), min_aspect=0.3):
+  """Replays random_erasing's draws (10 candidate areas, aspects; apply; top; left; noise)
+  and erases by hand. Returns (expected images, indices of the erased images)."""
+  b, h, w, _ = images.shape
+  rng = np.random.default_rng(seed)
+  area = rng.uniform(*area_range, size=(b, 10)) * h * w
+  aspect = rng.uniform(min_aspect, 1 / min_aspect, size=(b, 10))
+  apply, top_draw, left_draw = rng.random(b) < probability, rng.random(b), rng.random(b)
+  noise = rng.uniform(0.0, 255.0, size=images.shape).astype(np.float32)
+  expected, erased = images.copy(), []
+  for i in range(b):
+    sizes = [(round(math.sqrt(s * r)), round(math.sqrt(s / r))) for s, r in zip(area[i], aspect[i])]
+    fits = [(eh, ew) for eh, ew in sizes if 0 < eh < h and 0 < ew < w]
+    if fits and apply[i]:
+      eh, ew = fits[0]
+      top, left = int(top_draw[i] * (h - eh + 1)), int(left_draw[i] * (w - ew + 1))
+      expected[i, top:top + eh, left:left + ew] = noise[i, top:top + eh, left:left + ew]
+      erased.append(i)
+  return expected, erased
+
+
+def test_random_erasing_fills_one_replayed_rectangle():
+  """Erasing equals the hand-built result; the change is one rectangle in the chosen images."""
+  images = -1.0 - np.arange(32 * 16 * 12 * 3, dtype=np.float32).reshape(32, 16, 12, 3)
+  out = transforms.random_erasing(images, np.random.default_rng(0), probability=0.5)
+  expected, erased = _erased_by_hand(images, 0, 0.5)
+  np.testing.assert_array_equal(out, expected)
+  assert 8 <= len(erased) <= 24  # About half the images.
+  changed = out >= 0  # Noise is in [0, 255]; every original pixel is negative.
+  np.testing.assert_array_equal(np.flatnonzero(changed.any(axis=(1, 2, 3))), erased)
+  for i in erased:  # All channels of one filled axis-aligned rectangle, 2 % to 40 % of the area.
+    ys, xs = np.nonzero(changed[i].any(-1))
+    assert changed[i, ys.min():ys.max() + 1, xs.min():xs.max() + 1].all()
+    assert ys.size == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+    assert 0.015 <= ys.size / (16 * 12) <= 0.41
+
+
+def test_random_erasing_probability_zero_and_one():
+  """probability=0 changes nothing; probability=1 erases one rectangle in every image."""
+  images = -1.0 - np.arange(32 * 16 * 12 * 3, dtype=np.float32).reshape(32, 16, 12, 3)
+  never = transforms.random_erasing(images, np.random.default_rng(1), probability=0.0)
+  np.testing.assert_array_equal(never, images)
+  always = transforms.random_erasing(images, np.random.default_rng(1), probability=1.0)
+  expected, erased = _erased_by_hand(images, 1, 1.0)
+  np.testing.assert_array_equal(always, expected)
+  assert erased == list(range(32)) and (always >= 0).any(axis=(1, 2, 3)).all()
+
+
+def test_train_augment_crops_flips_and_normalises():
+  """TrainAugment = crop, then flip (one generator, in that order), then normalise."""
+  images = _coordinate_images(8, 6, 6)
+  out = transforms.TrainAugment(mean=(0.5,) * 3, std=(0.25,) * 3, crop_padding=1, flip=True)
+  out = out.random_map({'image': images, 'label': np.arange(8)}, np.random.default_rng(2))
+  rng = np.random.default_rng(2)
+  top, left = rng.integers(0, 3, size=8), rng.integers(0, 3, size=8)
+  flip = rng.random(8) < 0.5
+  assert ((top != 1) | (left != 1)).any() and 0 < flip.sum() < 8
+  expected = _shifted(images, 1, top, left)
+  expected[flip] = expected[flip][:, :, ::-1]
+  np.testing.assert_allclose(out['image'], (expected / 255 - 0.5) / 0.25, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(out['label'], np.arange(8))
+  assert out['image'].dtype == np.float32 and out['label'].dtype == np.int32
 
 
 @pytest.mark.parametrize('mixup,cutmix', [(0.8, 0.0), (0.0, 1.0)])
@@ -120,17 +216,31 @@ def test_train_pipeline_is_deterministic_and_resumable(fmnist_dir):
 
 
 def test_train_pipeline_shards_per_process(fmnist_dir):
-  c = tiny_config(fmnist_dir)
-  source = sources.build(c, 'train')
-  batches = [next(pipeline.train_iterator(c, source, process_index=i, process_count=2))
-             for i in range(2)]
-  assert batches[0]['image'].shape[0] == 8  # Global 16 over 2 processes.
+  """Two processes' epochs are disjoint shards that together cover the split once."""
+  c = tiny_config(fmnist_dir)  # Global batch 16: 8 per process.
+  c.augment.flip, c.augment.random_erasing_prob = False, 0.0  # Images pass unchanged.
+  n = 48  # 24 examples per process: exactly 3 local batches per epoch.
+  images = np.zeros((n, 4, 4, 1), np.uint8) + np.arange(n, dtype=np.uint8)[:, None, None, None]
+  source = sources.ArraySource(images, np.arange(n, dtype=np.int32))  # Example i: pixels i.
+  shards = []
+  for i in range(2):
+    it = pipeline.train_iterator(c, source, process_index=i, process_count=2)
+    batches = [next(it) for _ in range(3)]
+    assert all(b['image'].shape == (8, 4, 4, 1) for b in batches)
+    labels = np.concatenate([b['label'] for b in batches])
+    pixels = np.concatenate([b['image'] for b in batches]) * c.data.std[0] + c.data.mean[0]
+    np.testing.assert_allclose(pixels * 255, np.broadcast_to(labels[:, None, None, None],
+                                                             pixels.shape), atol=1e-3)
+    assert len(set(labels.tolist())) == 24  # One epoch: every example of the shard once.
+    shards.append(set(labels.tolist()))
+  assert not shards[0] & shards[1]
+  assert shards[0] | shards[1] == set(range(n))
 
 
 def test_eval_batches_cover_split_exactly_once(fmnist_dir):
   c = tiny_config(fmnist_dir)
   c.eval_batch_size = 16
-  source = sources.build(c, 'eval')  # 36 examples.
+  source = sources.build(c, 'test')  # 36 examples.
   for count in (1, 2):
     seen = []
     lengths = set()
@@ -140,6 +250,22 @@ def test_eval_batches_cover_split_exactly_once(fmnist_dir):
       seen += [b['label'][b['mask'] > 0] for b in batches]
     assert len(lengths) == 1  # Every process runs the same number of batches.
     np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.sort(source.labels))
+
+
+def test_local_split_slices_hold_out_part_of_train(fmnist_dir):
+  c = tiny_config(fmnist_dir)
+  whole = sources.build(c, 'train')  # 64 examples.
+  for train, held_out in (('train[:48]', 'train[48:]'), ('train[:75%]', 'train[75%:]'),
+                          ('train[:-16]', 'train[-16:]')):
+    a, b = sources.build(c, train), sources.build(c, held_out)
+    assert (len(a), len(b)) == (48, 16), (train, held_out)
+    np.testing.assert_array_equal(np.concatenate([a.images, b.images]), whole.images)
+  with pytest.raises(ValueError, match=r"Cannot parse split 'train\[1\]'"):
+    sources.build(c, 'train[1]')
+  with pytest.raises(ValueError, match=r"Split 'train\[64:\]' of fashion_mnist has no examples"):
+    sources.build(c, 'train[64:]')
+  with pytest.raises(ValueError, match='Unknown Fashion-MNIST split'):
+    sources.build(c, 'validation')
 
 
 def test_tfds_source_under_mock_data():

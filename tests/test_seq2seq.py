@@ -3,16 +3,19 @@ length policies, packing, memorising a G2P subset, the predict path, and the WMT
 config under tfds.testing.mock_data."""
 
 import collections
+import copy
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import tensorflow_datasets as tfds
 
 from configs import transformer_g2p, transformer_wmt14
 from data import seq2seq
 from train import parallel, tasks, trainer
+from train.state import TrainState
 
 
 def test_shift_right_starts_every_packed_sequence_with_bos():
@@ -72,7 +75,7 @@ def test_g2p_batches_are_packed_fixed_shapes_and_resume_exactly(g2p_data):
   again.set_state(state)
   for key, value in next(again).items():
     np.testing.assert_array_equal(value, expected[key])
-  batch = next(iter(g2p_data.eval_batches()))
+  batch = next(iter(g2p_data.eval_batches('test')))
   assert batch['inputs'].shape == (500, 32) and batch['mask'].sum() == 500
   np.testing.assert_array_equal(batch['index'], np.arange(500))
 
@@ -131,6 +134,51 @@ def test_wmt14_config_runs_under_mock_data(engine, tmp_path):
   config.checkpoint.async_save = False
   with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
     metrics = trainer.run(config, str(tmp_path / 'run'))
-  assert metrics['step'] == 2 and metrics['num_examples'] == 12
-  assert np.isfinite(metrics['loss']) and 0.0 <= metrics['bleu'] <= 100.0
+  assert metrics['step'] == 2 and metrics['splits'] == {'validation': 'validation',
+                                                        'test': 'test'}
+  assert metrics['validation']['num_examples'] == metrics['test']['num_examples'] == 12
+  assert {'bleu', 'loss'} <= set(metrics['test'])
   assert (tmp_path / 'vocab' / 'wmt14_translate_de-en.spm80.model').exists()
+
+
+class _KnownPredictions:
+  """A stand-in task: predicts each word's first reference when its index is even and
+  nothing (</s> at once) when it is odd."""
+
+  def apply(self, model, variables, batch, train):
+    del model, variables, train
+    return batch['targets']
+
+  def metrics(self, logits, batch):
+    del logits
+    return {'examples': (batch['mask'].sum(), batch['mask'].sum())}
+
+  def predict(self, model, variables, batch):
+    del model, variables
+    even = (batch['index'] % 2 == 0)[:, None]
+    return jnp.where(even, batch['targets'], seq2seq.EOS_ID)
+
+
+@pytest.mark.parametrize('engine_name', ['jit', 'pmap'])
+def test_evaluate_scores_hand_made_predictions_exactly(g2p_data, engine_name):
+  """The eval path (padded batches over 8 devices, gathered outputs, WER/PER over the
+  split) on known predictions: every odd word is wrong, every even word right."""
+  data = copy.copy(g2p_data)
+  data.config = copy.deepcopy(g2p_data.config)
+  data.config.eval_batch_size = 1000  # 6,370 test words: 7 batches, the last padded.
+  engine = parallel.build(engine_name)
+  tx = optax.identity()
+  state = engine.init_state(lambda: TrainState(
+      step=jnp.zeros((), jnp.int32), params={}, model_state={}, opt_state=tx.init({}),
+      rng=jnp.zeros((2,), jnp.uint32), tx=tx))
+  task = _KnownPredictions()
+  metrics = trainer.evaluate(state, engine, data, 'test',
+                             engine.eval_step(model=None, task=task),
+                             engine.predict_step(model=None, task=task))
+  references = [[r.split() for r in refs] for refs in data.corpus.eval_sets['test'].references]
+  n = len(references)
+  odd = sum(min(len(r) for r in refs) for refs in references[1::2])  # All deleted.
+  even = sum(len(refs[0]) for refs in references[::2])  # The first reference: no error.
+  assert metrics['num_examples'] == n == 6370 and metrics['examples'] == 1.0
+  assert metrics['wer'] == 100.0 * (n // 2) / n
+  np.testing.assert_allclose(metrics['per'], 100.0 * odd / (odd + even), rtol=1e-12)

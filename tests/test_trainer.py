@@ -1,11 +1,16 @@
 """End to end through train.trainer.run: resume, corrupt checkpoints, NaN, SIGTERM,
 the real vit_cifar10 config under tfds mock data, and config errors from launch.py."""
 
+import copy
+import errno
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import grain
 import jax
@@ -17,9 +22,9 @@ import tensorflow_datasets as tfds
 
 from configs import vit_cifar10
 from train import checkpoint as checkpoint_lib
-from train import trainer
+from train import preemption, trainer
 from train.state import TrainState
-from tests.conftest import tiny_config
+from tests.conftest import make_fashion_mnist_dir, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,35 +49,148 @@ def _flatten(tree, prefix=''):
       yield f'{prefix}{k}', np.asarray(v)
 
 
-def test_resume_equals_uninterrupted_and_corrupt_latest_falls_back(fmnist_dir, tmp_path, caplog):
-  config = tiny_config(fmnist_dir)
-  config.model.dropout_rate = 0.1  # The resumed RNG matters too.
-  config.augment.random_erasing_prob = 0.5
-  full = str(tmp_path / 'full')
-  trainer.run(config, full)
+def _listing(directory) -> dict:
+  """Every file under `directory`: relative path -> (size, mtime in ns)."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      out[os.path.relpath(path, directory)] = (os.path.getsize(path), os.stat(path).st_mtime_ns)
+  return out
 
-  split = str(tmp_path / 'split')
-  config.num_train_steps = 3
-  trainer.run(config, split)
-  config.num_train_steps = 6
-  metrics = trainer.run(config, split)  # Resumes at step 3, data position included.
+
+def _rows(workdir, name='metrics.jsonl'):
+  with open(os.path.join(workdir, name)) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope='module')
+def six_step_runs(tmp_path_factory):
+  """An uninterrupted 6-step run and one stopped at 3 and resumed to 6 (same config,
+  dropout and Random Erasing on so the restored RNG and data position matter)."""
+  fmnist_dir = make_fashion_mnist_dir(str(tmp_path_factory.mktemp('fmnist')))
+  root = tmp_path_factory.mktemp('runs')
+  config = tiny_config(fmnist_dir)
+  config.model.dropout_rate = 0.1
+  config.augment.random_erasing_prob = 0.5
+  full = str(root / 'full')
+  trainer.run(config, full)
+  split = str(root / 'split')
+  short = copy.deepcopy(config)
+  short.num_train_steps = 3
+  trainer.run(short, split)
+  return config, full, split
+
+
+def test_resume_equals_uninterrupted_and_logs_each_step_once(six_step_runs, caplog):
+  config, full, split = six_step_runs
+  # 3 -> 6 steps, a harmless change (logged): resumes at 3, data position included.
+  metrics = trainer.run(config, split)
   assert metrics['step'] == 6
   _assert_same_params(_params(full, 6), _params(split, 6))
-  with open(os.path.join(full, 'metrics.jsonl')) as f:
-    assert '"split": "eval"' in f.read()
+  assert 'Resuming at step 3 with changed config fields: num_train_steps: 3 -> 6' in caplog.text
+  assert _rows(split, 'config_changes.jsonl')[0]['changes'] == {'num_train_steps': [3, 6]}
+  # Both runs logged the same train and validation rows, each once, in order; the
+  # split run also tested its end at step 3 (each run tests once, when it completes).
+  keys = lambda rows, splits: [(r['step'], r['split']) for r in rows if r['split'] in splits]
+  both = ('train', 'validation')
+  assert keys(_rows(split), both) == keys(_rows(full), both)
+  assert (6, 'validation') in keys(_rows(full), both)
+  assert len(set(keys(_rows(full), both))) == len(keys(_rows(full), both))
+  assert [r['step'] for r in _rows(split) if r['split'] == 'test'] == [
+      3, json.loads(open(os.path.join(split, 'final_metrics.json')).read())['selected_step']]
 
-  # Corrupt the latest checkpoint: the run resumes from step 3 with a warning and
-  # ends with the same parameters; the corrupt files are kept aside.
-  state_dir = os.path.join(full, 'checkpoints', '6', 'state')
-  for name in os.listdir(state_dir):
-    path = os.path.join(state_dir, name)
-    if os.path.isdir(path):
-      shutil.rmtree(path)
-  reference = _params(split, 6)
-  trainer.run(config, full)
-  assert 'cannot be restored' in caplog.text
-  assert os.listdir(os.path.join(full, 'checkpoints_corrupt'))
-  _assert_same_params(reference, _params(full, 6))
+
+def test_final_metrics_label_the_selected_checkpoint_and_splits(six_step_runs):
+  _, full, _ = six_step_runs
+  final = json.loads(open(os.path.join(full, 'final_metrics.json')).read())
+  assert final['splits'] == {'validation': 'train[48:]', 'test': 'test'}
+  validation = {r['step']: r['top1'] for r in _rows(full) if r['split'] == 'validation'}
+  best = max(sorted(validation), key=lambda s: validation[s])  # Earliest of equal values.
+  assert final['selection'] == 'best validation top1 (max)'
+  assert final['selected_step'] in [s for s, v in validation.items() if v == validation[best]]
+  assert final['validation']['top1'] == validation[final['selected_step']]
+  assert final['validation']['num_examples'] == 16 and final['test']['num_examples'] == 36
+  tests = [r for r in _rows(full) if r['split'] == 'test']
+  assert len(tests) == 1 and tests[0]['step'] == final['selected_step']
+
+
+def test_rows_logged_after_the_restored_step_are_superseded(six_step_runs, tmp_path):
+  config, full, _ = six_step_runs
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(full, workdir)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '6'))  # As if killed before saving 6.
+  before = _rows(workdir)
+  trainer.run(config, workdir)
+  superseded = _rows(workdir, 'metrics_superseded.jsonl')
+  assert superseded == [r for r in before if r['step'] > 3]
+  steps = [r['step'] for r in _rows(workdir) if r['split'] == 'train']
+  assert steps == sorted(set(steps)) == [2, 3, 4, 6]
+  events = _tensorboard_events(os.path.join(workdir, 'tensorboard'))
+  assert (4, 'purge') in events  # TensorBoard hides the first run's events from step 4 on.
+
+
+def _tensorboard_events(logdir):
+  """(step, 'purge') for SessionLog START events and (step, tag) for scalars, in order."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  out = []
+  for name in sorted(os.listdir(logdir)):
+    with open(os.path.join(logdir, name), 'rb') as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data):  # TFRecord: length (8), its CRC (4), payload, CRC (4).
+      length = int.from_bytes(data[offset:offset + 8], 'little')
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 16 + length
+      if event.HasField('session_log') and event.session_log.status == 1:
+        out.append((event.step, 'purge'))
+      out += [(event.step, v.tag) for v in event.summary.value]
+  return out
+
+
+def test_changed_model_width_stops_before_training_and_touches_nothing(six_step_runs,
+                                                                         tmp_path):
+  config, full, _ = six_step_runs
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(full, workdir)
+  before = _listing(workdir)
+  config = copy.deepcopy(config)
+  config.model.hidden_size = 24
+  with pytest.raises(checkpoint_lib.CheckpointMismatchError) as error:
+    trainer.run(config, workdir)
+  message = str(error.value)
+  assert 'The checkpoint at step 6' in message
+  assert re.search(r'\n  params/[\w/]+: checkpoint float32\[.*16.*\], current float32\[.*24', message)
+  assert 'model.hidden_size: 16 -> 24' in message and 'new --workdir' in message
+  assert _listing(workdir) == before
+
+
+@pytest.mark.parametrize('fault', ['truncated', 'interrupted_save'])
+def test_unreadable_latest_checkpoint_falls_back_and_is_kept(six_step_runs, tmp_path, caplog,
+                                                            fault):
+  config, full, split = six_step_runs
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(full, workdir)
+  step_dir = os.path.join(workdir, 'checkpoints', '6')
+  if fault == 'truncated':
+    manifest = os.path.join(step_dir, 'state', 'manifest.ocdbt')
+    os.truncate(manifest, os.path.getsize(manifest) // 2)
+    expected = 'Checkpoint at step 6 is unreadable'
+  else:  # Orbax writes into <step>.orbax-checkpoint-tmp-<time> and renames at the end.
+    os.rename(step_dir, step_dir + '.orbax-checkpoint-tmp-1234')
+    expected = 'Checkpoint 6.orbax-checkpoint-tmp-1234 is an interrupted save'
+  bad_files = _listing(os.path.join(workdir, 'checkpoints'))
+  metrics = trainer.run(config, workdir)  # Resumes from step 3 and trains 4..6 again.
+  assert expected in caplog.text and 'rows after step 3' in caplog.text  # Resumed at 3.
+  assert metrics['step'] == 6
+  _assert_same_params(_params(full, 6), _params(workdir, 6))
+  kept = os.listdir(os.path.join(workdir, 'checkpoints_corrupt'))
+  assert len(kept) == 1 and kept[0].startswith('6')
+  # Nothing deleted: every file of the bad step is in checkpoints_corrupt/, unchanged.
+  moved = _listing(os.path.join(workdir, 'checkpoints_corrupt', kept[0]))
+  bad = {path.split(os.sep, 1)[1]: size for path, (size, _) in bad_files.items()
+         if path.split(os.sep, 1)[0] != '3'}
+  assert {path: size for path, (size, _) in moved.items()} == bad
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(fmnist_dir, tmp_path):
@@ -93,25 +211,27 @@ def test_sigterm_saves_and_exits_cleanly(fmnist_dir, tmp_path):
   config.checkpoint_every_steps = 0
   config.eval_every_steps = 0
   workdir = str(tmp_path / 'run')
-  original = trainer._Preemption._handle
-  sent = []
+  handlers = []
 
-  class Signaller(trainer._Preemption):  # Sends SIGTERM to itself once training runs.
+  class Signaller(preemption.Preemption):  # Sends SIGTERM to itself once training runs.
     def __enter__(self):
       result = super().__enter__()
+      handlers.append(signal.getsignal(signal.SIGTERM))
       os.kill(os.getpid(), signal.SIGTERM)
-      sent.append(True)
       return result
 
-  old = trainer._Preemption
-  trainer._Preemption = Signaller
+  previous = signal.getsignal(signal.SIGTERM)
+  original = preemption.Preemption
+  preemption.Preemption = Signaller
   try:
     metrics = trainer.run(config, workdir)
   finally:
-    trainer._Preemption = old
-  assert sent and trainer._Preemption._handle is original
-  assert metrics['step'] < 50
-  assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(metrics['step'])]
+    preemption.Preemption = original
+  assert metrics == {'step': 1, 'preempted': True}  # Stops after the step it arrived in.
+  assert handlers[0] != previous  # Our handler was installed during the run ...
+  assert signal.getsignal(signal.SIGTERM) == previous  # ... and the previous one restored.
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['1']
+  assert not os.path.exists(os.path.join(workdir, 'final_metrics.json'))  # Not tested yet.
 
 
 def test_vit_cifar10_config_runs_under_tfds_mock_data(tmp_path):
@@ -123,8 +243,11 @@ def test_vit_cifar10_config_runs_under_tfds_mock_data(tmp_path):
   config.data.num_threads = 1
   with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):
     metrics = trainer.run(config, str(tmp_path / 'run'))
-  assert metrics['num_examples'] == 20  # Eval covers 20 examples in 3 padded batches of 8.
-  assert np.isfinite(metrics['loss'])
+  # CIFAR-10's last 10 % of train is the validation split (mock_data gives any split,
+  # sliced or not, 20 images); the test split (3 padded batches of 8) is evaluated once.
+  assert metrics['splits'] == {'validation': 'train[90%:]', 'test': 'test'}
+  assert metrics['validation']['num_examples'] == metrics['test']['num_examples'] == 20
+  assert metrics['selected_step'] == 2 and metrics['step'] == 2
 
 
 def test_validate_errors(fmnist_dir):
@@ -162,24 +285,34 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _launch_two_processes(config_path: str, args: list) -> list:
-  """Runs launch.py as two local processes joined by jax.distributed; asserts both
-  exit 0 and returns their outputs."""
+def _start_two_processes(config_path: str, args: list, logdir) -> list:
+  """Starts launch.py as two local processes joined by jax.distributed (output to
+  <logdir>/process_<i>.log); returns the Popen objects."""
   port = _free_port()
-  procs = [subprocess.Popen(
+  return [subprocess.Popen(
       [sys.executable, 'launch.py', f'--config={config_path}', *args,
        f'--coordinator_address=localhost:{port}', '--num_processes=2', f'--process_id={i}'],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}) for i in range(2)]
-  outputs = [p.communicate(timeout=240)[0] for p in procs]
+      cwd=ROOT, stdout=open(os.path.join(logdir, f'process_{i}.log'), 'w'),
+      stderr=subprocess.STDOUT, env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''})
+      for i in range(2)]
+
+
+def _finish(procs, logdir) -> list:
+  """Waits for `procs`; asserts both exit 0 and returns their outputs."""
+  for p in procs:
+    p.wait(timeout=240)
+  outputs = [open(os.path.join(logdir, f'process_{i}.log')).read() for i in range(2)]
   assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   return outputs
+
+
+def _launch_two_processes(config_path: str, args: list, logdir) -> list:
+  return _finish(_start_two_processes(config_path, args, logdir), logdir)
 
 
 @pytest.mark.parametrize('engine', ['jit', 'pmap'])
 def test_two_processes_train_together(fmnist_dir, tmp_path, engine):
   """Two local CPU processes joined by jax.distributed (gloo) act as two hosts."""
-  import json  # pylint: disable=import-outside-toplevel
   workdir = tmp_path / 'run'
   args = ['--config.data.dir=' + fmnist_dir, '--config.num_train_steps=4',
           '--config.warmup_steps=1', '--config.model.num_layers=1',
@@ -187,27 +320,91 @@ def test_two_processes_train_together(fmnist_dir, tmp_path, engine):
           '--config.model.num_heads=2', '--config.batch_size=16', '--config.eval_batch_size=16',
           '--config.eval_every_steps=2', '--config.checkpoint_every_steps=2',
           f'--config.parallel={engine}', f'--workdir={workdir}']
-  outputs = _launch_two_processes('configs/vit_fashion_mnist.py', args)
+  args += ['--config.data.train_split=train[:48]', '--config.data.validation_split=train[48:]']
+  outputs = _launch_two_processes('configs/vit_fashion_mnist.py', args, tmp_path)
   assert all('2 processes' in out for out in outputs)
   final = json.loads((workdir / 'final_metrics.json').read_text())
-  assert final['num_examples'] == 36 and final['step'] == 4  # Every eval example once.
+  assert final['step'] == 4  # Every eval example once:
+  assert final['validation']['num_examples'] == 16 and final['test']['num_examples'] == 36
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
+  if engine == 'jit':  # An unreadable latest step: both processes agree to fall back.
+    manifest = workdir / 'checkpoints' / '4' / 'state' / 'manifest.ocdbt'
+    os.truncate(manifest, os.path.getsize(manifest) // 2)
+    outputs = _launch_two_processes('configs/vit_fashion_mnist.py', args, tmp_path)
+    assert all('Resumed from checkpoint at step 2' in out for out in outputs)
+    assert [n.split('-')[0] for n in os.listdir(workdir / 'checkpoints_corrupt')] == ['4']
+    assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
+
+
+def _tiny_vit_args(fmnist_dir, workdir, steps):
+  return ['--config.data.dir=' + fmnist_dir, f'--config.num_train_steps={steps}',
+          '--config.warmup_steps=1', '--config.model.num_layers=1',
+          '--config.model.hidden_size=16', '--config.model.mlp_dim=32',
+          '--config.model.num_heads=2', '--config.batch_size=16', '--config.eval_batch_size=16',
+          '--config.eval_every_steps=0', f'--workdir={workdir}']
+
+
+def _wait_for(predicate, timeout=120):
+  start = time.time()
+  while not predicate():
+    assert time.time() - start < timeout, 'timed out'
+    time.sleep(0.1)
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(fmnist_dir, tmp_path):
+  workdir = tmp_path / 'run'
+  args = _tiny_vit_args(fmnist_dir, workdir, 1_000_000) + [
+      '--config.checkpoint_every_steps=0', '--config.log_every_steps=20']
+  procs = _start_two_processes('configs/vit_fashion_mnist.py', args, tmp_path)
+  try:
+    _wait_for(lambda: (workdir / 'metrics.jsonl').exists())  # Training is under way.
+    procs[1].send_signal(signal.SIGTERM)  # Only process 1 is told.
+    outputs = _finish(procs, tmp_path)
+  finally:
+    for p in procs:
+      p.kill()
+  steps = [re.findall(r'Preempted at step (\d+)', out) for out in outputs]
+  assert steps[0] == steps[1] and len(steps[0]) == 1, steps
+  assert os.listdir(workdir / 'checkpoints') == steps[0]  # One checkpoint, that step.
+
+
+def test_sigkill_during_async_saves_then_restart_ends_like_uninterrupted(fmnist_dir, tmp_path):
+  """A run killed (SIGKILL) at an arbitrary point while asynchronous saves are in flight,
+  then restarted, ends with the parameters of an uninterrupted run (1 CPU device)."""
+  steps = 150
+  def launch(workdir):
+    return subprocess.Popen(
+        [sys.executable, 'launch.py', '--config=configs/vit_fashion_mnist.py',
+         *_tiny_vit_args(fmnist_dir, workdir, steps), '--config.checkpoint_every_steps=7',
+         '--config.log_every_steps=50', '--config.checkpoint.async_save=true'],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''})
+  reference, killed = tmp_path / 'reference', tmp_path / 'killed'
+  first, uninterrupted = launch(killed), launch(reference)
+  checkpoints = killed / 'checkpoints'
+  _wait_for(lambda: checkpoints.exists() and len(os.listdir(checkpoints)) >= 2)
+  first.kill()  # Mid-run, most likely while a save is being written.
+  first.wait()
+  complete = [int(n) for n in os.listdir(checkpoints) if n.isdigit()]
+  assert complete and max(complete) < steps, 'the run ended before it was killed'
+  assert launch(killed).wait(timeout=240) == 0 and uninterrupted.wait(timeout=240) == 0
+  _assert_same_params(_params(reference, steps), _params(killed, steps))
 
 
 def test_two_processes_decode_and_score_every_eval_example_once(tmp_path):
   """Seq2seq eval across two hosts: each decodes its shard, the outputs are gathered
   and scored once over the whole split (CMUdict dev: 6,268 words)."""
-  import json  # pylint: disable=import-outside-toplevel
   workdir = tmp_path / 'run'
   args = ['--config.model.name=transformer_g2p_tiny', '--config.num_train_steps=2',
           '--config.warmup_steps=1', '--config.batch_size=8', '--config.eval_batch_size=1000',
-          '--config.data.eval_split=dev', '--config.decode.max_length=4',
-          '--config.eval_every_steps=0', '--config.checkpoint_every_steps=0',
-          f'--workdir={workdir}']
-  _launch_two_processes('configs/transformer_g2p.py', args)
+          '--config.data.validation_split=', '--config.data.test_split=dev',
+          '--config.decode.max_length=4', '--config.eval_every_steps=0',
+          '--config.checkpoint_every_steps=0', f'--workdir={workdir}']
+  _launch_two_processes('configs/transformer_g2p.py', args, tmp_path)
   final = json.loads((workdir / 'final_metrics.json').read_text())
-  assert final['num_examples'] == 6268 and final['step'] == 2
-  assert 0.0 <= final['wer'] <= 100.0 and final['per'] >= 0.0
+  assert final['test']['num_examples'] == 6268 and final['step'] == 2
+  assert final['selection'] == 'last step (no validation split)'
+  assert {'wer', 'per'} <= set(final['test'])  # Their values: test_evaluate_scores_...
 
 
 def test_checkpoint_averaging_means_the_newest_params(tmp_path):
@@ -228,3 +425,69 @@ def test_checkpoint_averaging_means_the_newest_params(tmp_path):
   with pytest.raises(ValueError, match='Cannot average 4 checkpoints'):
     ckpt.restore_average(abstract, 4)
   ckpt.close()
+
+
+def _tiny_state(step, value, width=2):
+  tx = optax.sgd(0.1)
+  params = {'w': np.full((width,), value, np.float32)}
+  return TrainState(step=np.int32(step), params=params, model_state={},
+                    opt_state=tx.init(params), rng=np.zeros((2,), np.uint32), tx=tx)
+
+
+def _abstract(state):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), state)
+
+
+def test_transient_read_errors_are_retried_then_reported_never_quarantined(tmp_path,
+                                                                            monkeypatch):
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), keep=5, best_metric='', async_save=False,
+                                     retry_seconds=0.0)
+  iterator = iter(grain.MapDataset.range(4).to_iter_dataset())
+  for step in (1, 2):
+    ckpt.save(_tiny_state(step, float(step)), iterator)
+  read = checkpoint_lib.Checkpointer._restore
+  failures = []
+  def flaky(self, *args, **kwargs):  # EIO twice, then the real read.
+    if len(failures) < 2:
+      failures.append(1)
+      raise OSError(errno.EIO, 'Input/output error')
+    return read(self, *args, **kwargs)
+  monkeypatch.setattr(checkpoint_lib.Checkpointer, '_restore', flaky)
+  restored = ckpt.restore_latest(_abstract(_tiny_state(0, 0.0)), None)
+  assert int(restored.step) == 2 and len(failures) == 2
+
+  def broken(self, *args, **kwargs):
+    raise OSError(errno.EIO, 'Input/output error')
+  monkeypatch.setattr(checkpoint_lib.Checkpointer, '_restore', broken)
+  before = _listing(tmp_path)
+  with pytest.raises(checkpoint_lib.CheckpointReadError, match='after 3 attempts.*nothing was '
+                     'moved'):
+    ckpt.restore_latest(_abstract(_tiny_state(0, 0.0)), None)
+  assert _listing(tmp_path) == before and ckpt.all_steps() == [1, 2]
+  ckpt.close()
+
+
+def test_unknown_restore_errors_are_raised_not_quarantined(tmp_path, monkeypatch):
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), keep=5, best_metric='', async_save=False)
+  ckpt.save(_tiny_state(1, 1.0), iter(grain.MapDataset.range(4).to_iter_dataset()))
+  def bug(self, *args, **kwargs):
+    raise TypeError('a bug in the restore code')
+  monkeypatch.setattr(checkpoint_lib.Checkpointer, '_restore', bug)
+  with pytest.raises(TypeError, match='a bug'):
+    ckpt.restore_latest(_abstract(_tiny_state(0, 0.0)), None)
+  assert ckpt.all_steps() == [1] and not os.path.exists(tmp_path / 'checkpoints_corrupt')
+  ckpt.close()
+
+
+def test_structure_diff_names_missing_extra_and_reshaped_leaves():
+  saved = {'params': {'w': jax.ShapeDtypeStruct((2, 3), np.float32),
+                      'old': jax.ShapeDtypeStruct((1,), np.float32)},
+           'step': jax.ShapeDtypeStruct((), np.int32)}
+  expected = {'params': {'w': jax.ShapeDtypeStruct((4, 3), np.float32),
+                         'new': jax.ShapeDtypeStruct((1,), np.float32)},
+              'step': jax.ShapeDtypeStruct((), np.int64)}
+  assert checkpoint_lib.structure_diff(saved, expected) == [
+      'params/new: missing in the checkpoint', 'params/old: not in the current model',
+      'step: checkpoint int32[], current int64[]',
+      'params/w: checkpoint float32[2, 3], current float32[4, 3]']
+  assert checkpoint_lib.structure_diff(saved, saved) == []

@@ -2,27 +2,115 @@
 
 Layout: <workdir>/checkpoints/<step>/{state, data}. Kept: the last `keep` checkpoints
 and the one with the best eval metric. Saves are asynchronous where Orbax supports it
-(training continues while the files are written). A latest checkpoint that fails to
-restore (corrupt or half-written) is moved to <workdir>/checkpoints_corrupt/ (never
-deleted) and the previous one is used, with a warning.
+(training continues while the files are written; Orbax renames a finished save into
+place, so an interrupted one is left as `<step>.orbax-checkpoint-tmp-*`).
+
+Restoring never deletes anything and tells apart four outcomes, newest step first:
+  * readable and of the current structure: restored;
+  * of another structure (tree, shapes or dtypes; e.g. a changed model width):
+    `CheckpointMismatchError` naming the differing leaves; nothing is moved;
+  * unreadable (missing or truncated files, an interrupted save): moved to
+    <workdir>/checkpoints_corrupt/ with a warning naming the step, and the previous
+    step is tried;
+  * a transient I/O error (EIO, timeouts, an unavailable store): retried with backoff;
+    if it persists, `CheckpointReadError`; nothing is moved.
+  * any other error: raised as it is; nothing is moved.
+In multi-process jobs every process checks its own files, the outcome is agreed
+(the worst one wins) and only then process 0 moves files.
 """
 
+import errno
+import json
 import os
 import shutil
 import time
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from train.state import TrainState
 
 _SAVED_FIELDS = ('step', 'params', 'model_state', 'opt_state', 'rng')
+_TMP_SUFFIX = '.orbax-checkpoint-tmp'
+# Outcomes of checking one step, in increasing severity (processes agree on the worst).
+OK, UNREADABLE, TRANSIENT, MISMATCH, OTHER = range(5)
+# tensorstore reports errors as ValueError('<STATUS CODE>: ...').
+_UNREADABLE_STATUS = ('DATA_LOSS', 'OUT_OF_RANGE', 'NOT_FOUND')
+_TRANSIENT_STATUS = ('UNAVAILABLE', 'DEADLINE_EXCEEDED', 'ABORTED', 'RESOURCE_EXHAUSTED',
+                     'CANCELLED')
+_MISSING_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint's tree, shapes or dtypes differ from the state the config builds."""
+
+
+class CheckpointReadError(OSError):
+  """A checkpoint could not be read because of a persisting (non-corruption) I/O error."""
 
 
 def _to_tree(state: TrainState) -> dict:
   return {name: getattr(state, name) for name in _SAVED_FIELDS}
+
+
+def classify_error(error: BaseException) -> int:
+  """UNREADABLE (the files are corrupt or missing), TRANSIENT (worth retrying) or
+  OTHER (unknown: never treated as corruption)."""
+  if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError, EOFError)):
+    return UNREADABLE
+  if isinstance(error, OSError):
+    return UNREADABLE if error.errno in _MISSING_ERRNOS else TRANSIENT
+  status = str(error).split(':', 1)[0].strip()
+  if status in _UNREADABLE_STATUS or str(error).startswith('Found incomplete checkpoint'):
+    return UNREADABLE
+  if status in _TRANSIENT_STATUS:
+    return TRANSIENT
+  return OTHER
+
+
+def structure_diff(saved, expected) -> list[str]:
+  """Differences between a checkpoint's metadata tree and the expected state tree:
+  'path: missing in the checkpoint', 'path: not in the current model', 'path: checkpoint
+  float32[64, 10], current float32[32, 10]'. Empty when they match. Containers are
+  compared by key path only (Orbax stores tuples and named tuples as lists and dicts)."""
+  def flat(tree):
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {'/'.join(_key_name(k) for k in path): leaf for path, leaf in leaves}
+  # Parameters first: the fields in the order of _SAVED_FIELDS, then by path.
+  order = lambda path: (_SAVED_FIELDS.index(path.split('/')[0])
+                        if path.split('/')[0] in _SAVED_FIELDS else len(_SAVED_FIELDS), path)
+  saved, expected = flat(saved), dict(sorted(flat(expected).items(), key=lambda i: order(i[0])))
+  describe = lambda x: f'{np.dtype(x.dtype).name}{list(x.shape)}'
+  lines = [f'{p}: missing in the checkpoint' for p in expected if p not in saved]
+  lines += [f'{p}: not in the current model' for p in saved if p not in expected]
+  for p in expected:
+    if p in saved and (tuple(saved[p].shape) != tuple(expected[p].shape)
+                       or np.dtype(saved[p].dtype) != np.dtype(expected[p].dtype)):
+      lines.append(f'{p}: checkpoint {describe(saved[p])}, current {describe(expected[p])}')
+  return lines
+
+
+def _key_name(key) -> str:
+  for attribute in ('key', 'idx', 'name'):
+    if hasattr(key, attribute):
+      return str(getattr(key, attribute))
+  return str(key)
+
+
+def _agree(outcome: int) -> int:
+  """The worst outcome over all processes (the same value on every process)."""
+  if jax.process_count() == 1:
+    return outcome
+  return int(multihost_utils.process_allgather(np.array([outcome], np.int32)).max())
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 class Checkpointer:
@@ -34,22 +122,36 @@ class Checkpointer:
     best_metric: eval metric name whose best value is kept as well ('' to disable).
     best_mode: 'max' (accuracy, BLEU) or 'min' (loss, WER): which value is best.
     async_save: write in a background thread.
+    read_attempts: tries per checkpoint read when the error is transient.
+    retry_seconds: wait before the first retry; doubled after each.
   """
 
   def __init__(self, workdir: str, *, keep: int = 3, best_metric: str = 'top1',
-               best_mode: str = 'max', async_save: bool = True):
+               best_mode: str = 'max', async_save: bool = True, read_attempts: int = 3,
+               retry_seconds: float = 2.0):
     if best_mode not in ('max', 'min'):
       raise ValueError(f"checkpoint.best_mode must be 'max' or 'min', got {best_mode!r}")
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
     self.corrupt_directory = os.path.abspath(os.path.join(workdir, 'checkpoints_corrupt'))
+    self.best_metric, self.best_mode = best_metric, best_mode
+    self.read_attempts, self.retry_seconds = max(read_attempts, 1), retry_seconds
+    self._quarantine_interrupted_saves()
     policies = [ocp.checkpoint_managers.LatestN(n=max(keep, 1))]
     if best_metric:
       policies.append(ocp.checkpoint_managers.BestN(
-          get_metric_fn=lambda m: m[best_metric], reverse=best_mode == 'min', n=1, keep_checkpoints_without_metrics=False))
+          get_metric_fn=lambda m: m[best_metric], reverse=best_mode == 'min', n=1,
+          keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+        best_fn=(lambda m: m[best_metric]) if best_metric else None,  # For best_step().
+        best_mode=best_mode,
+        enable_async_checkpointing=async_save, create=True,
+        cleanup_tmp_directories=False)  # Interrupted saves are moved aside, not deleted.
+    # Handlers named up front so that metadata can be read before any restore.
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'data': grain.checkpoint.CheckpointHandler()})
 
   def save(self, state: TrainState, data_iterator, metrics: dict | None = None) -> None:
     """Saves at `state.step` (canonical, replicated state). `metrics` (host floats)
@@ -62,22 +164,104 @@ class Checkpointer:
         state=ocp.args.StandardSave(_to_tree(state)),
         data=grain.checkpoint.CheckpointSave(data_iterator)), metrics=metrics, force=True)
 
+  def all_steps(self) -> list[int]:
+    """Steps of the complete checkpoints, ascending."""
+    return sorted(self.manager.all_steps())
+
+  def best_step(self) -> int | None:
+    """The step of the best checkpoint by `best_metric` among those saved with
+    metrics (None without `best_metric` or such a checkpoint)."""
+    if not self.best_metric or not any(
+        info.metrics is not None for info in self.manager._checkpoints):  # pylint: disable=protected-access
+      return None
+    return self.manager.best_step()
+
   def restore_latest(self, abstract_state: TrainState, data_iterator) -> TrainState | None:
     """Restores the newest readable checkpoint into `abstract_state`'s structure and
-    shardings, and moves `data_iterator` (if not None) to its saved position. Returns
-    None when there is no checkpoint."""
+    shardings, and moves `data_iterator` (if not None) to its saved position (module
+    docstring for what happens to unreadable ones). Returns None when there is none.
+
+    Raises CheckpointMismatchError, CheckpointReadError, or an unclassified error.
+    """
     for step in sorted(self.manager.all_steps(), reverse=True):
-      try:
-        state = self._restore(step, abstract_state, data_iterator)
-      except Exception as e:  # pylint: disable=broad-except  # Any unreadable checkpoint.
-        logging.warning('Checkpoint at step %d cannot be restored (%s: %s); moving it to %s '
-                        'and trying the previous one.', step, type(e).__name__,
-                        str(e).splitlines()[0] if str(e) else '', self.corrupt_directory)
-        self._quarantine(step)
-        continue
-      logging.info('Resumed from checkpoint at step %d.', step)
-      return state
+      state = self.restore_step(step, abstract_state, data_iterator)
+      if state is not None:
+        logging.info('Resumed from checkpoint at step %d.', step)
+        return state
     return None
+
+  def restore_step(self, step: int, abstract_state: TrainState,
+                   data_iterator=None) -> TrainState | None:
+    """The checkpoint at `step`, or None after moving it aside as unreadable.
+
+    The cheap checks (metadata, structure, this process's data-iterator file) run
+    first on every process and are agreed on before the collective restore.
+    Raises CheckpointMismatchError, CheckpointReadError, or an unclassified error.
+    """
+    outcome, detail = self._check(step, abstract_state, data_iterator is not None)
+    agreed = _agree(outcome)
+    if agreed == OK:
+      try:
+        return self._read(lambda: self._restore(step, abstract_state, data_iterator), step)
+      except Exception as e:  # pylint: disable=broad-except
+        if classify_error(e) != UNREADABLE:
+          raise
+        agreed, detail = UNREADABLE, e
+    if agreed == MISMATCH:
+      raise CheckpointMismatchError(detail if outcome == MISMATCH else
+                                    f'Checkpoint {step}: another process found its '
+                                    'structure different from the current state')
+    if agreed != UNREADABLE:  # A persisting transient error or an unknown one.
+      if outcome == OK:
+        raise CheckpointReadError(f'Checkpoint {step} could not be read on another '
+                                  'process; nothing was moved')
+      raise detail
+    logging.warning('Checkpoint at step %d is unreadable (%s); moving it to %s and trying '
+                    'the previous one.', step, _first_line(detail), self.corrupt_directory)
+    self._quarantine(os.path.join(self.directory, str(step)))
+    return None
+
+  def _check(self, step: int, abstract_state: TrainState, with_data: bool):
+    """(outcome, detail) of the cheap checks of `step` on this process."""
+    try:
+      metadata = self._read(lambda: self.manager.item_metadata(step), step)
+      saved = getattr(metadata, 'get', lambda _: None)('state')
+      if saved is None:
+        return UNREADABLE, ValueError(f'checkpoint {step} has no state item')
+      saved = getattr(saved, 'tree', saved)
+      if with_data:
+        path = os.path.join(self.directory, str(step), 'data',
+                            f'process_{jax.process_index()}-of-{jax.process_count()}.json')
+        with open(path, encoding='utf-8') as f:
+          json.load(f)
+    except Exception as e:  # pylint: disable=broad-except
+      return classify_error(e), e
+    diff = structure_diff(saved, _to_tree(abstract_state))
+    if diff:
+      shown = '\n  '.join(diff[:10]) + (f'\n  ... and {len(diff) - 10} more' if len(diff) > 10
+                                         else '')
+      return MISMATCH, (f'The checkpoint at step {step} in {self.directory} does not match '
+                        f'the state this config builds ({len(diff)} differences):\n  {shown}')
+    return OK, None
+
+  def _read(self, fn, step: int):
+    """fn() with retries (exponential backoff) while its error is transient."""
+    for attempt in range(self.read_attempts):
+      try:
+        return fn()
+      except Exception as e:  # pylint: disable=broad-except
+        if classify_error(e) != TRANSIENT:
+          raise
+        if attempt == self.read_attempts - 1:
+          raise CheckpointReadError(
+              f'Checkpoint {step} in {self.directory} could not be read after '
+              f'{self.read_attempts} attempts ({_first_line(e)}); nothing was moved. '
+              'Check the storage and restart.') from e
+        wait = self.retry_seconds * 2 ** attempt
+        logging.warning('Reading checkpoint %d failed (%s); retrying in %.1fs.', step,
+                        _first_line(e), wait)
+        time.sleep(wait)
+    raise AssertionError('unreachable')
 
   def restore_average(self, abstract_state: TrainState, num_checkpoints: int) -> TrainState:
     """The newest checkpoint with its params (and model state) replaced by the mean
@@ -108,16 +292,25 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     return abstract_state.replace(**restored['state'])
 
-  def _quarantine(self, step: int) -> None:
-    if jax.process_index() == 0:
-      os.makedirs(self.corrupt_directory, exist_ok=True)
-      source = os.path.join(self.directory, str(step))
-      shutil.move(source, os.path.join(self.corrupt_directory, f'{step}-{int(time.time())}'))
-    self.manager.reload()
+  def _quarantine_interrupted_saves(self) -> None:
+    """Moves `<step>.orbax-checkpoint-tmp-*` directories (saves interrupted by a crash)
+    to checkpoints_corrupt/, with a warning naming them."""
+    if os.path.isdir(self.directory):
+      for name in sorted(os.listdir(self.directory)):
+        if _TMP_SUFFIX in name:
+          logging.warning('Checkpoint %s is an interrupted save; moving it to %s.', name,
+                          self.corrupt_directory)
+          self._quarantine(os.path.join(self.directory, name), reload=False)
 
-  def reached_preemption(self, step: int) -> bool:
-    """True when the cluster signalled preemption (multi-process jobs)."""
-    return self.manager.reached_preemption(step)
+  def _quarantine(self, path: str, reload: bool = True) -> None:
+    """Moves `path` into checkpoints_corrupt/ (process 0; all processes wait)."""
+    if jax.process_index() == 0 and os.path.exists(path):
+      os.makedirs(self.corrupt_directory, exist_ok=True)
+      shutil.move(path, os.path.join(self.corrupt_directory,
+                                     f'{os.path.basename(path)}-{int(time.time())}'))
+    _barrier(f'checkpoint_quarantine_{os.path.basename(path)}')
+    if reload:
+      self.manager.reload()
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
@@ -125,3 +318,8 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _first_line(error) -> str:
+  text = str(error)
+  return f'{type(error).__name__}: {text.splitlines()[0] if text else ""}'

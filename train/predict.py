@@ -3,9 +3,11 @@ of a run), and the timed decoding of a whole eval split.
 
   python -m train.predict --config=configs/transformer_g2p.py --text=hello --text=jax
   python -m train.predict --config=configs/transformer_g2p.py --eval \
-      [--config.decode.beam_size=4] [--average_last=3] [--workdir=runs/transformer_g2p]
+      [--split=test] [--config.decode.beam_size=4] [--average_last=3] \
+      [--workdir=runs/transformer_g2p]
 
---eval decodes every example of config.data.eval_split and prints the task metrics
+--eval decodes every example of the --split eval set ('test': config.data.test_split,
+'validation': config.data.validation_split) and prints the task metrics
 (WER/PER, BLEU) and the decoding speed in examples (words, sentences) per second,
 compilation excluded. Decoding follows config.decode (beam_size 1: greedy).
 """
@@ -26,7 +28,9 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file of the ru
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default runs/<config name>).')
 _TEXT = flags.DEFINE_multi_string('text', [], 'Input strings to translate.')
-_EVAL = flags.DEFINE_bool('eval', False, 'Decode and score the eval split, timed.')
+_EVAL = flags.DEFINE_bool('eval', False, 'Decode and score the --split eval set, timed.')
+_SPLIT = flags.DEFINE_enum('split', 'test', ['validation', 'test'],
+                           'Which eval set --eval decodes.')
 _AVERAGE = flags.DEFINE_integer('average_last', 1, 'Average the params of this many newest '
                                 'checkpoints (Vaswani et al. 2017, Sec. 6.1); 1: the latest.')
 flags.mark_flags_as_required(['config'])
@@ -64,16 +68,20 @@ def load(config, workdir: str, average_last: int = 1):
   return data, lambda inputs: engine.to_local(predict(state, engine.put_batch({'inputs': inputs})))
 
 
-def timed_eval(data, decode_fn, batch_size: int) -> dict:
-  """Decodes the eval split in batches of `batch_size`; its metrics, the number of
-  examples, seconds and examples per second (after one compiling batch)."""
-  corpus = data.corpus
-  data.translate(corpus.eval_sources[:1], decode_fn, batch_size)  # Compiles.
+def timed_eval(data, decode_fn, batch_size: int, role: str = 'test') -> dict:
+  """Decodes eval set `role` in batches of `batch_size`; its metrics, the number of
+  examples, seconds and examples per second (after one compiling batch).
+
+  Raises ValueError when the config has no such eval set."""
+  if role not in data.corpus.eval_sets:
+    raise ValueError(f'No {role!r} eval set in this config; valid: {list(data.corpus.eval_sets)}')
+  eval_set = data.corpus.eval_sets[role]
+  data.translate(eval_set.sources[:1], decode_fn, batch_size)  # Compiles.
   start = time.perf_counter()
-  outputs = data.translate(corpus.eval_sources, decode_fn, batch_size)
+  outputs = data.translate(eval_set.sources, decode_fn, batch_size)
   seconds = time.perf_counter() - start
   n = len(outputs)
-  return {**corpus.score(outputs, corpus.eval_references), 'examples': n,
+  return {**data.corpus.score(outputs, eval_set.references), 'examples': n,
           'seconds': round(seconds, 2), 'examples_per_s': round(n / seconds, 1)}
 
 
@@ -87,9 +95,9 @@ def main(argv):
                                                       config.eval_batch_size)):
     print(f'{text}\t{output}')
   if _EVAL.value:
-    result = timed_eval(data, decode_fn, config.eval_batch_size)
+    result = timed_eval(data, decode_fn, config.eval_batch_size, _SPLIT.value)
     print(json.dumps({'device': f'{jax.device_count()}x {jax.devices()[0].device_kind}',
-                      'split': config.data.eval_split, 'beam_size': config.decode.beam_size,
+                      'split': data.eval_splits[_SPLIT.value], 'beam_size': config.decode.beam_size,
                       'average_last': _AVERAGE.value,
                       **result}))
 

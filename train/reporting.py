@@ -1,6 +1,11 @@
 """Run reporting: console lines, TensorBoard scalars (tensorboardX, no TensorFlow) and
 <workdir>/metrics.jsonl (one JSON object per logged point: step, split, metrics).
 
+After a resume at step s, the files hold each (step, split) once, as if the run had
+never been interrupted: rows the interrupted run logged after s are moved from
+metrics.jsonl to metrics_superseded.jsonl (kept, not deleted), and TensorBoard is
+told to hide its events from step s + 1 on (`purge_step`, a SessionLog START event).
+
 Only process 0 writes; the other processes get a writer that does nothing.
 """
 
@@ -21,23 +26,40 @@ def format_duration(seconds: float) -> str:
 
 
 class MetricWriter:
-  """Writes scalar metrics to the console, TensorBoard and metrics.jsonl."""
+  """Writes scalar metrics to the console, TensorBoard and metrics.jsonl.
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True):
+  Args:
+    workdir: the run directory.
+    start_step: the step the run starts (resumes) from; rows of a previous run after
+      it are superseded (module docstring).
+    tensorboard: also write TensorBoard event files.
+  """
+
+  def __init__(self, workdir: str, start_step: int = 0, *, tensorboard: bool = True):
     self.active = jax.process_index() == 0
     self._jsonl = self._tb = None
+    self._logged = set()  # (step, split) already in metrics.jsonl.
     if not self.active:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
+    path = os.path.join(workdir, 'metrics.jsonl')
+    self._logged = _supersede_rows_after(path, start_step)
+    self._jsonl = open(path, 'a', encoding='utf-8')
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'),
+                               purge_step=start_step + 1)
 
   def write(self, step: int, split: str, metrics: dict, console_suffix: str = '') -> None:
-    """Records `metrics` (name -> float) at `step` for `split` ('train' or 'eval')."""
+    """Records `metrics` (name -> float) at `step` for `split` ('train' or 'eval').
+    A (step, split) already recorded is shown on the console only."""
     if not self.active:
       return
+    shown = ' | '.join(_format(k, v) for k, v in metrics.items())
+    logging.info('[%s] step %d | %s%s', split, step, shown, console_suffix)
+    if (int(step), split) in self._logged:
+      return
+    self._logged.add((int(step), split))
     record = {'step': int(step), 'split': split, 'time': time.time(),
               **{k: float(v) for k, v in metrics.items()}}
     self._jsonl.write(json.dumps(record) + '\n')
@@ -46,14 +68,33 @@ class MetricWriter:
       for name, value in metrics.items():
         self._tb.add_scalar(f'{split}/{name}', float(value), int(step))
       self._tb.flush()
-    shown = ' | '.join(_format(k, v) for k, v in metrics.items())
-    logging.info('[%s] step %d | %s%s', split, step, shown, console_suffix)
 
   def close(self) -> None:
     if self._jsonl is not None:
       self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def _supersede_rows_after(path: str, step: int) -> set:
+  """Moves the rows of metrics.jsonl at `path` with a step after `step` to
+  metrics_superseded.jsonl next to it; returns the (step, split) pairs kept."""
+  if not os.path.exists(path):
+    return set()
+  with open(path, encoding='utf-8') as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  kept = [r for r in rows if r['step'] <= step]
+  superseded = [r for r in rows if r['step'] > step]
+  if superseded:
+    logging.warning('metrics.jsonl: %d rows after step %d were logged by an interrupted '
+                    'run; moved to metrics_superseded.jsonl.', len(superseded), step)
+    with open(os.path.join(os.path.dirname(path), 'metrics_superseded.jsonl'), 'a',
+              encoding='utf-8') as f:
+      f.writelines(json.dumps(r) + '\n' for r in superseded)
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+      f.writelines(json.dumps(r) + '\n' for r in kept)
+    os.replace(path + '.tmp', path)  # Atomic: a crash leaves the old or the new file.
+  return {(r['step'], r['split']) for r in kept}
 
 
 def _format(name: str, value: float) -> str:

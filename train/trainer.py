@@ -3,15 +3,18 @@
 1. Check the config and the data before anything compiles.
 2. Build model, task, optimizer, engine; restore the latest checkpoint or initialise.
 3. Loop: one jitted step per batch; metrics stay on the device until a log point.
-4. Evaluate on the whole eval split at eval points; save checkpoints at checkpoint
-   points, on SIGTERM and at the end. A non-finite loss stops the run with its step.
+4. Evaluate on the whole validation split at eval points; save checkpoints at
+   checkpoint points, on preemption (agreed by all processes) and at the end. A
+   non-finite loss stops the run with its step.
+5. At the end, evaluate the selected checkpoint (best on validation, or the last one
+   when there is no validation split) once on the test split; final_metrics.json
+   holds both, labelled.
 """
 
 import dataclasses
 import functools
 import json
 import os
-import signal
 import time
 
 import jax
@@ -23,7 +26,7 @@ from jax.experimental import multihost_utils
 import data as data_lib
 import nets
 from train import checkpoint as checkpoint_lib
-from train import optim, parallel, reporting, tasks
+from train import optim, parallel, preemption, reporting, run_config, tasks
 from train import state as state_lib
 
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -91,35 +94,12 @@ def _check_model(config) -> None:
                        f'{model.max_length}] (raise config.model.max_length for longer ones)')
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks (save, then exit cleanly)."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread (e.g. some test runners): no handler.
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM received: saving a checkpoint and exiting.')
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
-def evaluate(state, engine, data, eval_step, predict_step=None) -> dict:
-  """Exact metrics over the whole eval split: name -> sum / count (host floats), plus
-  `data.score` of the predictions when `predict_step` is given (seq2seq decoding)."""
+def evaluate(state, engine, data, role: str, eval_step, predict_step=None) -> dict:
+  """Exact metrics over the whole eval split `role` ('validation' or 'test'): name ->
+  sum / count (host floats), plus `data.score` of the predictions when `predict_step`
+  is given (seq2seq decoding)."""
   totals, masks, indices, outputs = None, [], [], []
-  for batch in data.eval_batches(jax.process_index(), jax.process_count()):
+  for batch in data.eval_batches(role, jax.process_index(), jax.process_count()):
     device_batch = engine.put_batch(batch)
     metrics = eval_step(state, device_batch)
     totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
@@ -133,7 +113,7 @@ def evaluate(state, engine, data, eval_step, predict_step=None) -> dict:
   result['num_examples'] = float(mask.sum())
   if predict_step is not None:
     index, output = (_all_processes(np.concatenate(x))[mask] for x in (indices, outputs))
-    result.update(data.score(index, output))
+    result.update(data.score(role, index, output))
   return result
 
 
@@ -185,9 +165,15 @@ def abstract_state(init_fn, engine):
 
 
 def run(config, workdir: str) -> dict:
-  """Trains `config` in `workdir` (resuming if it has checkpoints).
+  """Trains `config` in `workdir` (resuming if it has checkpoints), then tests the
+  selected checkpoint.
 
-  Returns the final eval metrics (name -> float). Raises ValueError for bad configs,
+  Returns what final_metrics.json holds: 'validation' and 'test' (metric name ->
+  float) of the selected checkpoint, 'selected_step', 'selection' (how it was chosen),
+  'splits', 'step' (the last step trained) and timings. A preempted run saves, exits
+  the loop and returns {'step', 'preempted': True} without testing.
+  Raises ValueError for bad configs, checkpoint.CheckpointMismatchError when the
+  workdir's checkpoints do not fit this config (nothing is moved or written),
   sources.DatasetNotFoundError / FileNotFoundError for missing data,
   NonFiniteLossError for a NaN/Inf loss.
   """
@@ -205,21 +191,31 @@ def run(config, workdir: str) -> dict:
                                      best_mode=config.checkpoint.best_mode,
                                      async_save=config.checkpoint.async_save)
   abstract = abstract_state(init_fn, engine)
-  restored = ckpt.restore_latest(abstract, train_iter)
+  changes = run_config.diff(run_config.load(workdir), config)
+  try:
+    restored = ckpt.restore_latest(abstract, train_iter)
+  except checkpoint_lib.CheckpointMismatchError as e:
+    ckpt.close()
+    raise checkpoint_lib.CheckpointMismatchError(
+        f'{e}\nConfig fields changed since {os.path.join(workdir, "config.json")} was '
+        f'written: {run_config.describe(changes)}.\nNothing was moved or written. To train '
+        'this config, pass a new --workdir; to resume the run, restart it with its saved '
+        'config.') from None
   state = engine.from_canonical(restored) if restored is not None else engine.init_state(init_fn)
   step = int(parallel.replica(restored.step)) if restored is not None else 0
+  if changes:
+    logging.warning('%s at step %d with changed config fields: %s',
+                    'Resuming' if restored is not None else 'Starting', step,
+                    run_config.describe(changes))
+  run_config.record(workdir, config, step, changes)
 
-  writer = reporting.MetricWriter(workdir)
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
-      f.write(config.to_json_best_effort(indent=2))
+  writer = reporting.MetricWriter(workdir, step)
   total, table = state_lib.count_params(abstract.params)
   logging.info('Model %s: %s parameters\n%s', config.model.name, f'{total:,}',
                reporting.parameter_table(total, table))
   logging.info('Training %d steps (global batch %d, %d devices, %d processes, engine %s), '
-               'starting at step %d.', total_steps, config.batch_size, engine.num_devices,
-               jax.process_count(), engine.name, step)
+               'starting at step %d; eval splits %s.', total_steps, config.batch_size,
+               engine.num_devices, jax.process_count(), engine.name, step, data.eval_splits)
 
   train_step = engine.train_step(model=model, task=task, schedule=schedule,
                                  accum_steps=config.grad_accum_steps)
@@ -227,16 +223,17 @@ def run(config, workdir: str) -> dict:
   # Datasets with a `score` (seq2seq) are also decoded and scored at every evaluation.
   predict_step = (engine.predict_step(model=model, task=task) if hasattr(data, 'score')
                   else None)
-  run_eval = lambda s: evaluate(s, engine, data, eval_step, predict_step)
+  run_eval = lambda s, role: evaluate(s, engine, data, role, eval_step, predict_step)
+  has_validation = 'validation' in data.eval_splits
 
   pending, pending_from = [], step + 1
   # Throughput and ETA count only train steps after the first (compiling) one.
   train_seconds, timed_steps, steps_since_mark, mark = 0.0, 0, 0, time.time()
   compile_seconds = None
-  eval_metrics, eval_at = {}, None
+  validation_at = {}  # step -> validation metrics computed in this run.
   start_time = time.time()
   try:
-    with _Preemption() as preemption:
+    with preemption.Preemption() as preempt:
       while step < total_steps:
         state, metrics = train_step(state, engine.put_batch(next(train_iter)))
         step += 1
@@ -248,8 +245,9 @@ def run(config, workdir: str) -> dict:
           logging.info('First step (compilation included) took %.1fs.', compile_seconds)
           steps_since_mark, mark = 0, time.time()
         is_last = step == total_steps
-        stop = preemption.requested or ckpt.reached_preemption(step)
-        do_eval = is_last or (config.eval_every_steps > 0 and step % config.eval_every_steps == 0)
+        stop = preempt.reached(step)  # The same step on every process.
+        do_eval = has_validation and (is_last or (config.eval_every_steps > 0
+                                                  and step % config.eval_every_steps == 0))
         do_ckpt = is_last or stop or (config.checkpoint_every_steps > 0
                                       and step % config.checkpoint_every_steps == 0)
         if step % config.log_every_steps == 0 or do_eval or do_ckpt:
@@ -264,29 +262,54 @@ def run(config, workdir: str) -> dict:
                        f' | {step}/{total_steps} | ETA {reporting.format_duration(eta)}')
           pending, pending_from = [], step + 1
         if do_eval:
-          eval_metrics, eval_at = run_eval(state), step
-          writer.write(step, 'eval', eval_metrics)
+          validation_at[step] = run_eval(state, 'validation')
+          writer.write(step, 'validation', validation_at[step])
         if do_ckpt:
-          ckpt.save(engine.to_canonical(state), train_iter,
-                    metrics=eval_metrics if eval_at == step else None)
+          ckpt.save(engine.to_canonical(state), train_iter, metrics=validation_at.get(step))
         if do_eval or do_ckpt:
           mark = time.time()
         if stop and not is_last:
           logging.warning('Preempted at step %d: checkpoint saved, exiting.', step)
-          break
+          return {'step': step, 'preempted': True}
+    ckpt.wait()
+    final = _test_selected(config, state, step, ckpt, abstract, engine, run_eval,
+                           validation_at, writer)
   finally:  # Pending async saves finish (and are never left half-written) on any exit.
     ckpt.wait()
     ckpt.close()
-  if not eval_metrics:  # Resumed at the end: evaluate the restored state.
-    eval_metrics = run_eval(state)
-    writer.write(step, 'eval', eval_metrics)
-  eval_metrics = dict(eval_metrics, wall_seconds=time.time() - start_time,
-                      compile_seconds=compile_seconds or 0.0, step=step,
-                      train_examples_per_sec=(timed_steps * config.batch_size / train_seconds
-                                              if train_seconds > 0 else 0.0))
-  writer.close()
+    writer.close()
+  final.update(splits=data.eval_splits, wall_seconds=time.time() - start_time,
+               compile_seconds=compile_seconds or 0.0,
+               train_examples_per_sec=(timed_steps * config.batch_size / train_seconds
+                                       if train_seconds > 0 else 0.0))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'final_metrics.json'), 'w', encoding='utf-8') as f:
-      json.dump(eval_metrics, f, indent=2)
-  logging.info('Done at step %d: %s', step, json.dumps(eval_metrics))
-  return eval_metrics
+      json.dump(final, f, indent=2)
+  logging.info('Done at step %d: %s', step, json.dumps(final))
+  return final
+
+
+def _test_selected(config, state, step, ckpt, abstract, engine, run_eval, validation_at,
+                   writer) -> dict:
+  """Evaluates the selected checkpoint on the test split, once: the best one on the
+  validation split by config.checkpoint.best_metric, else the last one."""
+  best = ckpt.best_step() if config.data.validation_split else None
+  chosen = state
+  if best is not None and best != step:
+    restored = ckpt.restore_step(best, abstract)
+    if restored is None:  # Unreadable (moved aside, with a warning): test the last one.
+      best = None
+    else:
+      chosen = engine.from_canonical(restored)
+  selected = step if best is None else best
+  selection = (f'best validation {config.checkpoint.best_metric} '
+               f'({config.checkpoint.best_mode})' if best is not None else
+               'last step' if config.data.validation_split else
+               'last step (no validation split)')
+  result = {'step': step, 'selected_step': selected, 'selection': selection}
+  if config.data.validation_split:
+    result['validation'] = validation_at.get(selected) or run_eval(chosen, 'validation')
+  logging.info('Testing the checkpoint of step %d (%s) on the test split.', selected, selection)
+  result['test'] = run_eval(chosen, 'test')
+  writer.write(selected, 'test', result['test'])
+  return result

@@ -1,0 +1,68 @@
+"""The run's resolved config in its workdir, and what changed at a restart.
+
+<workdir>/config.json holds the config of the latest start that passed the checkpoint
+check (written at the first start); each restart with changed fields appends
+{time, step, changes: {field: [old, new]}} to <workdir>/config_changes.jsonl.
+Only process 0 writes.
+"""
+
+import json
+import os
+import time
+
+import jax
+
+
+def flatten(config) -> dict:
+  """A ConfigDict (or a dict loaded from config.json) -> {'model.hidden_size': 64, ...}
+  with JSON values (tuples become lists), so saved and live configs compare equal."""
+  tree = json.loads(config.to_json_best_effort()) if hasattr(config, 'to_json_best_effort') \
+      else config
+  out = {}
+  def visit(node, prefix):
+    for key, value in node.items():
+      if isinstance(value, dict):
+        visit(value, f'{prefix}{key}.')
+      else:
+        out[f'{prefix}{key}'] = value
+  visit(tree, '')
+  return out
+
+
+def load(workdir: str) -> dict | None:
+  """The flattened config saved in `workdir` (None at a first start)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    return flatten(json.load(f))
+
+
+def diff(saved: dict | None, config) -> dict:
+  """{field: (saved value, current value)} for the fields that differ (a field added
+  or removed shows None on the side that lacks it)."""
+  if saved is None:
+    return {}
+  current = flatten(config)
+  return {k: (saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current))
+          if saved.get(k) != current.get(k)}
+
+
+def describe(changes: dict) -> str:
+  """'model.hidden_size: 16 -> 32; num_train_steps: 6 -> 9' ('none' when empty)."""
+  return '; '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changes.items()) or 'none'
+
+
+def record(workdir: str, config, step: int, changes: dict) -> None:
+  """Writes config.json and, for a restart with `changes`, a config_changes.jsonl row."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  if changes:
+    with open(os.path.join(workdir, 'config_changes.jsonl'), 'a', encoding='utf-8') as f:
+      f.write(json.dumps({'time': time.time(), 'step': step,
+                          'changes': {k: list(v) for k, v in changes.items()}}) + '\n')
+  path = os.path.join(workdir, 'config.json')
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(path + '.tmp', path)
