@@ -42,9 +42,13 @@ def _start(workdir: str, steps: int, *extra, processes: int = 1, port: int = 0) 
   if processes > 1:
     command += [f'--coordinator_address=localhost:{port}', f'--num_processes={processes}']
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''}
-  return [subprocess.Popen(command + ([f'--process_id={i}'] if processes > 1 else []),
-                           cwd=ROOT, env=env, stdout=open(f'{workdir}.{i}.log', 'w'),
-                           stderr=subprocess.STDOUT) for i in range(processes)]
+  procs = []
+  for i in range(processes):
+    with open(f'{workdir}.{i}.log', 'w', encoding='utf-8') as log:
+      procs.append(subprocess.Popen(command + ([f'--process_id={i}'] if processes > 1 else []),
+                                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+    procs[-1].log_path = log.name
+  return procs
 
 
 def _wait(procs) -> tuple[list, list]:
@@ -52,7 +56,7 @@ def _wait(procs) -> tuple[list, list]:
   codes = [p.wait() for p in procs]
   outputs = []
   for p in procs:
-    with open(p.stdout.name, encoding='utf-8') as f:
+    with open(p.log_path, encoding='utf-8') as f:
       outputs.append(f.read())
   return codes, outputs
 
@@ -62,8 +66,15 @@ def _run(workdir, steps, *extra, **kwargs):
 
 
 def _params(workdir: str, step: int) -> dict:
+  """The checkpointed params at `step`, on this process's first device (whatever the
+  number of processes that wrote them)."""
+  import jax  # pylint: disable=import-outside-toplevel
   path = os.path.join(workdir, 'checkpoints', str(step), 'state')
-  return ocp.StandardCheckpointer().restore(path)['params']
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        checkpointer.metadata(path).item_metadata.tree)
+  return checkpointer.restore(path, target)['params']
 
 
 def _max_difference(a: str, b: str, step: int) -> float:
@@ -102,6 +113,12 @@ def _stopped_run(workdir: str, steps: int, sig, after_checkpoints: int, **kwargs
   return _wait(procs)
 
 
+def _resumed(output: str) -> str:
+  """The step a run's log says it resumed from ('none' if it started afresh)."""
+  steps = re.findall(r'Resumed from checkpoint at step (\d+)', output)
+  return steps[0] if steps else 'none'
+
+
 def _latest(workdir: str) -> int:
   return max(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints')) if n.isdigit())
 
@@ -132,17 +149,18 @@ def main(argv):
   codes, outputs = _stopped_run(path('sigterm'), steps, signal.SIGTERM, 2)
   stop = re.findall(r'Preempted at step (\d+)', outputs[0])
   shutil.copytree(path('sigterm'), path('stopped'))  # The base of the faults below.
-  _run(path('sigterm'), steps)
-  row('SIGTERM mid-run, restart', f'exit {codes[0]}, saved at step {stop[0]}; resumed there',
-      path('sigterm'))
+  _, outputs = _run(path('sigterm'), steps)
+  row('SIGTERM mid-run, restart', f'exit {codes[0]}, saved at step {stop[0]}; resumed from '
+      f'step {_resumed(outputs[0])}', path('sigterm'))
 
   # SIGKILL while asynchronous saves are in flight, then restart.
   codes, _ = _stopped_run(path('sigkill'), steps, signal.SIGKILL, 2)
   complete = _latest(path('sigkill'))
-  _run(path('sigkill'), steps)
+  interrupted = [n for n in os.listdir(path('sigkill/checkpoints')) if not n.isdigit()]
+  _, outputs = _run(path('sigkill'), steps)
   row('SIGKILL mid-run (async saves), restart',
-      f'killed (exit {codes[0]}); last complete checkpoint {complete}; resumed there',
-      path('sigkill'))
+      f'killed (exit {codes[0]}); last complete checkpoint {complete}, interrupted saves '
+      f'{interrupted}; resumed from step {_resumed(outputs[0])}', path('sigkill'))
 
   # The latest checkpoint truncated / left as an interrupted save.
   latest = _latest(path('stopped'))
@@ -158,10 +176,9 @@ def main(argv):
     codes, outputs = _run(workdir, steps)
     warned = re.search(rf'Checkpoint (at step )?{latest}\S* is (unreadable|an interrupted save)',
                        outputs[0])
-    resumed = re.findall(r'Resumed from checkpoint at step (\d+)', outputs[0])
     kept = os.listdir(os.path.join(workdir, 'checkpoints_corrupt'))
     row(fault, f'exit {codes[0]}; warning naming step {latest}: {bool(warned)}; kept in '
-        f'checkpoints_corrupt/: {kept}; resumed from step {resumed}', workdir)
+        f'checkpoints_corrupt/: {kept}; resumed from step {_resumed(outputs[0])}', workdir)
 
   # A changed model width at restart.
   workdir = path('width')
@@ -188,9 +205,10 @@ def main(argv):
   codes, outputs = _stopped_run(path('two'), steps, signal.SIGTERM, 2, processes=2,
                                 port=port + 1)
   stops = [re.findall(r'Preempted at step (\d+)', o) for o in outputs]
-  _run(path('two'), steps, processes=2, port=port + 2)
+  _, outputs = _run(path('two'), steps, processes=2, port=port + 2)
   row('2 processes, SIGTERM to process 1 only, restart',
-      f'exits {codes}; stopped at steps {stops}; resumed', path('two'), 'reference2')
+      f'exits {codes}; both saved and stopped at steps {stops}; resumed from steps '
+      f'{[_resumed(o) for o in outputs]}', path('two'), 'reference2')
 
   print('\n| fault | what happened | final parameters equal the uninterrupted run |')
   print('|---|---|---|')

@@ -35,9 +35,19 @@ class DataSpec:
 def eval_splits(config) -> dict[str, str]:
   """{'validation': config.data.validation_split (when set), 'test': config.data.test_split}:
   the validation split is evaluated periodically and selects the checkpoint that is
-  evaluated once on the test split at the end (train.trainer)."""
+  evaluated once on the test split at the end (train.trainer).
+
+  Raises ValueError when an eval split is the training split or a slice of it while
+  training uses all of it."""
   splits = {'validation': config.data.validation_split} if config.data.validation_split else {}
-  return dict(splits, test=config.data.test_split)
+  splits = dict(splits, test=config.data.test_split)
+  train = config.data.train_split
+  for role, split in splits.items():  # Catches the whole split trained on and held out.
+    if split == train or (sources.split_slice(split, 0)[0] == train and '[' in split):
+      raise ValueError(f'config.data.{role}_split={split!r} overlaps config.data.train_split='
+                       f"{train!r}; hold it out of training, e.g. train_split='train[:90%]' "
+                       "with validation_split='train[90%:]'")
+  return splits
 
 
 class ImageData:

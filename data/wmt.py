@@ -79,7 +79,8 @@ def load_or_train_vocabulary(config, train_pairs):
 
 
 def corpus(config) -> seq2seq.TextCorpus:
-  """The WMT corpus of `config.data` (name, source_lang -> target_lang, train / validation / test splits).
+  """The WMT corpus of `config.data` (name, source_lang -> target_lang, the train,
+  validation and test splits).
 
   Raises sources.DatasetNotFoundError (with the preparation command) when the dataset
   is not prepared.

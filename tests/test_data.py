@@ -266,6 +266,10 @@ def test_local_split_slices_hold_out_part_of_train(fmnist_dir):
     sources.build(c, 'train[64:]')
   with pytest.raises(ValueError, match='Unknown Fashion-MNIST split'):
     sources.build(c, 'validation')
+  c.data.train_split = 'train'  # Training on all of train while validating on part of it:
+  with pytest.raises(ValueError, match=r"validation_split='train\[48:\]' overlaps "
+                     r"config.data.train_split='train'"):
+    pipeline.eval_splits(c)
 
 
 def test_tfds_source_under_mock_data():

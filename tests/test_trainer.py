@@ -160,7 +160,8 @@ def test_changed_model_width_stops_before_training_and_touches_nothing(six_step_
     trainer.run(config, workdir)
   message = str(error.value)
   assert 'The checkpoint at step 6' in message
-  assert re.search(r'\n  params/[\w/]+: checkpoint float32\[.*16.*\], current float32\[.*24', message)
+  assert re.search(r'\n  params/[\w/]+: checkpoint float32\[.*16.*\], current float32\[.*24',
+                   message)
   assert 'model.hidden_size: 16 -> 24' in message and 'new --workdir' in message
   assert _listing(workdir) == before
 

@@ -1,11 +1,11 @@
 """Orbax checkpoints of {train state, data iterator position}, with automatic resume.
 
 Layout: <workdir>/checkpoints/<step>/{state, data}. Kept: the last `keep` checkpoints
-and the one with the best eval metric. Saves are asynchronous where Orbax supports it
+and the one with the best validation metric. Saves are asynchronous where Orbax supports it
 (training continues while the files are written; Orbax renames a finished save into
 place, so an interrupted one is left as `<step>.orbax-checkpoint-tmp-*`).
 
-Restoring never deletes anything and tells apart four outcomes, newest step first:
+Restoring never deletes anything and tells these outcomes apart, newest step first:
   * readable and of the current structure: restored;
   * of another structure (tree, shapes or dtypes; e.g. a changed model width):
     `CheckpointMismatchError` naming the differing leaves; nothing is moved;
@@ -13,7 +13,7 @@ Restoring never deletes anything and tells apart four outcomes, newest step firs
     <workdir>/checkpoints_corrupt/ with a warning naming the step, and the previous
     step is tried;
   * a transient I/O error (EIO, timeouts, an unavailable store): retried with backoff;
-    if it persists, `CheckpointReadError`; nothing is moved.
+    if it persists, `CheckpointReadError`; nothing is moved;
   * any other error: raised as it is; nothing is moved.
 In multi-process jobs every process checks its own files, the outcome is agreed
 (the worst one wins) and only then process 0 moves files.
@@ -171,8 +171,7 @@ class Checkpointer:
   def best_step(self) -> int | None:
     """The step of the best checkpoint by `best_metric` among those saved with
     metrics (None without `best_metric` or such a checkpoint)."""
-    if not self.best_metric or not any(
-        info.metrics is not None for info in self.manager._checkpoints):  # pylint: disable=protected-access
+    if not self.best_metric or all(self.manager.metrics(s) is None for s in self.all_steps()):
       return None
     return self.manager.best_step()
 
@@ -232,8 +231,7 @@ class Checkpointer:
       if with_data:
         path = os.path.join(self.directory, str(step), 'data',
                             f'process_{jax.process_index()}-of-{jax.process_count()}.json')
-        with open(path, encoding='utf-8') as f:
-          json.load(f)
+        self._read(lambda: _load_json(path), step)
     except Exception as e:  # pylint: disable=broad-except
       return classify_error(e), e
     diff = structure_diff(saved, _to_tree(abstract_state))
@@ -318,6 +316,11 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _load_json(path: str):
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
 
 
 def _first_line(error) -> str:

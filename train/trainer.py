@@ -187,7 +187,8 @@ def run(config, workdir: str) -> dict:
 
   train_iter = data.train_iterator(jax.process_index(), jax.process_count())
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.checkpoint.keep,
-                                     best_metric=config.checkpoint.best_metric,
+                                     best_metric=(config.checkpoint.best_metric
+                                                  if config.data.validation_split else ''),
                                      best_mode=config.checkpoint.best_mode,
                                      async_save=config.checkpoint.async_save)
   abstract = abstract_state(init_fn, engine)
