@@ -7,6 +7,8 @@ The common CIFAR recipe for ImageNet-width ResNets: 3x3/1 stem without max-pool 
 stride 8, 4x4 final maps), SGD with Nesterov momentum 0.9, coupled weight decay 5e-4
 (L2 as in torch.optim.SGD), lr 0.1 at batch 128 with 2 epochs of warmup then cosine
 decay, 4-pixel padded random crops and flips (He et al. 2016, Sec. 4.2), 200 epochs.
+The last 5,000 training images are the validation split (checkpoint selection); the
+test split is evaluated once, at the end.
 """
 
 from configs import common
@@ -24,7 +26,7 @@ def get_config():
   c.batch_size = 128
   c.eval_batch_size = 1000
   c.learning_rate = 0.1
-  c.warmup_steps = 780            # 2 epochs of 390 steps.
+  c.warmup_steps = 702            # 2 epochs of 351 steps (45,000 images; 5,000 validate).
   c.optim.name = 'sgd'
   c.optim.momentum = 0.9
   c.optim.nesterov = True
@@ -34,7 +36,7 @@ def get_config():
   c.optim.schedule = 'cosine'
   c.augment.crop_padding = 4
   c.augment.flip = True
-  c.eval_every_steps = 3900       # Every 10 epochs.
-  c.checkpoint_every_steps = 3900
+  c.eval_every_steps = 3510       # Every 10 epochs, on the validation split.
+  c.checkpoint_every_steps = 3510
   c.log_every_steps = 100
   return c

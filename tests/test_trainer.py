@@ -1,5 +1,7 @@
-"""End to end through train.trainer.run: resume, corrupt checkpoints, NaN, SIGTERM,
-the real vit_cifar10 config under tfds mock data, and config errors from launch.py."""
+"""End to end through train.trainer.run and launch.py: exact resume, config-aware
+restarts, unreadable / interrupted / unreachable checkpoints, metrics after a resume,
+validation-selected checkpoints tested once, NaN, SIGTERM and SIGKILL (one and two
+processes), the vit_cifar10 config under tfds mock data, and config errors."""
 
 import copy
 import errno
@@ -66,8 +68,9 @@ def _rows(workdir, name='metrics.jsonl'):
 
 @pytest.fixture(scope='module')
 def six_step_runs(tmp_path_factory):
-  """An uninterrupted 6-step run and one stopped at 3 and resumed to 6 (same config,
-  dropout and Random Erasing on so the restored RNG and data position matter)."""
+  """An uninterrupted 6-step run and a 3-step run of the same config (which the first
+  test resumes to 6); dropout and Random Erasing are on so that the restored RNG and
+  data position matter. The other tests copy the 6-step run before changing it."""
   fmnist_dir = make_fashion_mnist_dir(str(tmp_path_factory.mktemp('fmnist')))
   root = tmp_path_factory.mktemp('runs')
   config = tiny_config(fmnist_dir)
