@@ -80,7 +80,7 @@ def structure_diff(saved, expected) -> list[str]:
   def flat(tree):
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {'/'.join(_key_name(k) for k in path): leaf for path, leaf in leaves}
-  # Parameters first: the fields in the order of _SAVED_FIELDS, then by path.
+  # Listed by field in the order of _SAVED_FIELDS (step, params, ...), then by path.
   order = lambda path: (_SAVED_FIELDS.index(path.split('/')[0])
                         if path.split('/')[0] in _SAVED_FIELDS else len(_SAVED_FIELDS), path)
   saved, expected = flat(saved), dict(sorted(flat(expected).items(), key=lambda i: order(i[0])))
