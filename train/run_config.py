@@ -13,11 +13,8 @@ import time
 import jax
 
 
-def flatten(config) -> dict:
-  """A ConfigDict (or a dict loaded from config.json) -> {'model.hidden_size': 64, ...}
-  with JSON values (tuples become lists), so saved and live configs compare equal."""
-  tree = json.loads(config.to_json_best_effort()) if hasattr(config, 'to_json_best_effort') \
-      else config
+def flatten(tree: dict) -> dict:
+  """A nested config dict (as JSON loads it) -> {'model.hidden_size': 64, ...}."""
   out = {}
   def visit(node, prefix):
     for key, value in node.items():
@@ -27,6 +24,12 @@ def flatten(config) -> dict:
         out[f'{prefix}{key}'] = value
   visit(tree, '')
   return out
+
+
+def _as_json(config) -> dict:
+  """The ConfigDict as config.json holds it (tuples become lists), so saved and live
+  configs compare equal."""
+  return json.loads(config.to_json_best_effort())
 
 
 def load(workdir: str) -> dict | None:
@@ -43,7 +46,7 @@ def diff(saved: dict | None, config) -> dict:
   or removed shows None on the side that lacks it)."""
   if saved is None:
     return {}
-  current = flatten(config)
+  current = flatten(_as_json(config))
   return {k: (saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current))
           if saved.get(k) != current.get(k)}
 

@@ -186,9 +186,10 @@ def run(config, workdir: str) -> dict:
                                                         engine.axis_name)
 
   train_iter = data.train_iterator(jax.process_index(), jax.process_count())
+  has_validation = 'validation' in data.eval_splits  # Else no checkpoint is "best".
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.checkpoint.keep,
                                      best_metric=(config.checkpoint.best_metric
-                                                  if config.data.validation_split else ''),
+                                                  if has_validation else ''),
                                      best_mode=config.checkpoint.best_mode,
                                      async_save=config.checkpoint.async_save)
   abstract = abstract_state(init_fn, engine)
@@ -225,7 +226,6 @@ def run(config, workdir: str) -> dict:
   predict_step = (engine.predict_step(model=model, task=task) if hasattr(data, 'score')
                   else None)
   run_eval = lambda s, role: evaluate(s, engine, data, role, eval_step, predict_step)
-  has_validation = 'validation' in data.eval_splits
 
   pending, pending_from = [], step + 1
   # Throughput and ETA count only train steps after the first (compiling) one.
@@ -274,7 +274,7 @@ def run(config, workdir: str) -> dict:
           return {'step': step, 'preempted': True}
     ckpt.wait()
     final = _test_selected(config, state, step, ckpt, abstract, engine, run_eval,
-                           validation_at, writer)
+                           validation_at if has_validation else None, writer)
   finally:  # Pending async saves finish (and are never left half-written) on any exit.
     ckpt.wait()
     ckpt.close()
@@ -293,8 +293,10 @@ def run(config, workdir: str) -> dict:
 def _test_selected(config, state, step, ckpt, abstract, engine, run_eval, validation_at,
                    writer) -> dict:
   """Evaluates the selected checkpoint on the test split, once: the best one on the
-  validation split by config.checkpoint.best_metric, else the last one."""
-  best = ckpt.best_step() if config.data.validation_split else None
+  validation split by config.checkpoint.best_metric, else the last one.
+  `validation_at` (step -> validation metrics of this run) is None without a
+  validation split."""
+  best = ckpt.best_step()  # None without a validation split or a best_metric.
   chosen = state
   if best is not None and best != step:
     restored = ckpt.restore_step(best, abstract)
@@ -305,10 +307,10 @@ def _test_selected(config, state, step, ckpt, abstract, engine, run_eval, valida
   selected = step if best is None else best
   selection = (f'best validation {config.checkpoint.best_metric} '
                f'({config.checkpoint.best_mode})' if best is not None else
-               'last step' if config.data.validation_split else
+               'last step' if validation_at is not None else
                'last step (no validation split)')
   result = {'step': step, 'selected_step': selected, 'selection': selection}
-  if config.data.validation_split:
+  if validation_at is not None:
     result['validation'] = validation_at.get(selected) or run_eval(chosen, 'validation')
   logging.info('Testing the checkpoint of step %d (%s) on the test split.', selected, selection)
   result['test'] = run_eval(chosen, 'test')
