@@ -8,7 +8,7 @@ import functools
 
 import flax.linen as nn
 
-from nets import mobilenet_v2, resnet, transformer, vit
+from nets import mobilenet_v2, resnet, transformer, unet, vit
 
 REGISTRY = {
     # ViT-<variant>/<patch>: Dosovitskiy et al. 2021, Table 1.
@@ -24,6 +24,10 @@ REGISTRY = {
     # Transformer encoder-decoder (Vaswani et al. 2017): transformer_base, _big, _g2p_*.
     **{f'transformer_{s}': functools.partial(transformer.transformer, s)
        for s in transformer.SIZES},
+    # U-Net (Ronneberger et al. 2015) as the UNet++ papers' baseline ('same' padding, BN), and
+    # UNet++ (Zhou et al. 2018 DLMIA; 2019 IEEE TMI) with deep supervision and pruning.
+    'unet': unet.UNet,
+    'unetpp': unet.UNetPlusPlus,
 }
 
 

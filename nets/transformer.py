@@ -269,6 +269,16 @@ class Transformer(nn.Module):
       logits = self.target_embed.attend(x)
     return logits.astype(jnp.float32)
 
+  @nn.nowrap
+  def init_cache(self, source: jax.Array, max_length: int):
+    """An empty decoding cache for `source` [batch, source_length] and outputs of up to
+    `max_length` tokens: {'cache': ...} to pass (mutable) to `decode(..., decode=True)`."""
+    encoded = jnp.zeros(source.shape + (self.d_model,), jnp.float32)
+    target = jnp.zeros((source.shape[0], max_length), jnp.int32)
+    variables = jax.eval_shape(lambda: self.init(
+        jax.random.key(0), encoded, source, target, decode=True, method=Transformer.decode))
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), {'cache': variables['cache']})
+
   def __call__(self, source: jax.Array, target_in: jax.Array, *,
                source_segment_ids: Optional[jax.Array] = None,
                target_segment_ids: Optional[jax.Array] = None,
@@ -299,16 +309,6 @@ def _attention_mask(query_length: int, key_valid: jax.Array,
   if query_segments is not None:
     mask = mask & (query_segments[:, :, None] == key_segments[:, None, :])
   return mask[:, None]
-
-
-def init_cache(model: Transformer, source: jax.Array, max_length: int):
-  """An empty decoding cache for `source` [batch, source_length] and outputs of up to
-  `max_length` tokens: {'cache': ...} to pass (mutable) to `model.decode(..., decode=True)`."""
-  encoded = jnp.zeros(source.shape + (model.d_model,), jnp.float32)
-  target = jnp.zeros((source.shape[0], max_length), jnp.int32)
-  variables = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), encoded, source, target, decode=True, method=Transformer.decode))
-  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), {'cache': variables['cache']})
 
 
 def transformer(size: str, **overrides) -> Transformer:

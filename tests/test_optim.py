@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from configs import common
-from train import optim, tasks
+from tasks import classification
+from tasks import common as task_common
+from train import optim
 
 
 def _config(schedule, **optim_fields):
@@ -108,14 +110,14 @@ def test_gradient_clipping_caps_global_norm():
 
 
 def test_label_smoothing_targets():
-  t = tasks.smoothed_targets(jnp.array([3]), 10, 0.1)
+  t = task_common.smoothed_targets(jnp.array([3]), 10, 0.1)
   np.testing.assert_allclose(t[0, 3], 0.91, rtol=1e-6)
   np.testing.assert_allclose(np.delete(np.asarray(t[0]), 3), np.full(9, 0.01), rtol=1e-6)
   np.testing.assert_allclose(t.sum(), 1.0, rtol=1e-6)
 
 
 def test_classification_metrics_are_masked_sums():
-  task = tasks.ClassificationTask(num_classes=10)
+  task = classification.ClassificationTask(num_classes=10)
   logits = jax.nn.one_hot(jnp.array([1, 2, 3, 4]), 10) * 10.0
   batch = {'label': jnp.array([1, 2, 0, 0]), 'mask': jnp.array([1.0, 1.0, 1.0, 0.0])}
   m = task.metrics(logits, batch)

@@ -9,7 +9,8 @@ import pytest
 
 import nets
 from configs import common
-from train import optim, parallel, tasks
+from tasks import classification
+from train import optim, parallel
 from train import state as state_lib
 from train import step as step_lib
 
@@ -24,7 +25,7 @@ def _setup(accum_steps=1):
   rng = np.random.default_rng(0)
   batches = [{'image': rng.normal(size=(16, 16, 16, 1)).astype(np.float32),
               'label': rng.integers(0, 10, 16).astype(np.int32)} for _ in range(3)]
-  kwargs = dict(model=model, task=tasks.ClassificationTask(10, 0.1), schedule=schedule,
+  kwargs = dict(model=model, task=classification.ClassificationTask(10, 0.1), schedule=schedule,
                 accum_steps=accum_steps)
   return init_fn, batches, kwargs
 

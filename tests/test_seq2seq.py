@@ -4,6 +4,7 @@ config under tfds.testing.mock_data."""
 
 import collections
 import copy
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -14,19 +15,20 @@ import tensorflow_datasets as tfds
 
 from configs import transformer_g2p, transformer_wmt14
 from data import seq2seq
-from train import parallel, tasks, trainer
+from tasks import seq2seq as seq2seq_task
+from train import parallel, trainer
 from train.state import TrainState
 
 
 def test_shift_right_starts_every_packed_sequence_with_bos():
   targets = jnp.array([[5, 6, 1, 7, 1, 0]])
   positions = jnp.array([[0, 1, 2, 0, 1, 0]])
-  np.testing.assert_array_equal(tasks.shift_right(targets, positions, 2), [[2, 5, 6, 2, 7, 0]])
-  np.testing.assert_array_equal(tasks.shift_right(targets, None, 2), [[2, 5, 6, 1, 7, 0]])
+  np.testing.assert_array_equal(seq2seq_task.shift_right(targets, positions, 2), [[2, 5, 6, 2, 7, 0]])
+  np.testing.assert_array_equal(seq2seq_task.shift_right(targets, None, 2), [[2, 5, 6, 1, 7, 0]])
 
 
 def test_loss_and_weights_count_real_target_tokens_only():
-  task = tasks.Seq2SeqTask(label_smoothing=0.1)
+  task = seq2seq_task.Seq2SeqTask(label_smoothing=0.1)
   batch = {'targets': jnp.array([[4, 1, 0], [5, 6, 1]]), 'mask': jnp.array([1.0, 0.0])}
   logits = jax.random.normal(jax.random.key(0), (2, 3, 7))
   metrics = task.metrics(logits, batch)
@@ -113,7 +115,7 @@ def test_tiny_transformer_memorises_a_g2p_subset_and_translates_strings(g2p_data
   metrics = engine.to_host(metrics)
   assert metrics['accuracy'][0] / metrics['accuracy'][1] == 1.0
   for beam_size in (1, 3):
-    decode_task = tasks.Seq2SeqTask(beam_size=beam_size, max_decode_length=16)
+    decode_task = seq2seq_task.Seq2SeqTask(beam_size=beam_size, max_decode_length=16)
     decode = jax.jit(lambda inputs: decode_task.predict(model, state.variables, {'inputs': inputs}))
     outputs = g2p_data.translate([w for w, _ in words] + ['', 'Q#!'], decode, batch_size=34)
     assert outputs[:32] == [p for _, p in words]
@@ -174,7 +176,8 @@ def test_evaluate_scores_hand_made_predictions_exactly(g2p_data, engine_name):
   task = _KnownPredictions()
   metrics = trainer.evaluate(state, engine, data, 'test',
                              engine.eval_step(model=None, task=task),
-                             engine.predict_step(model=None, task=task))
+                             seq2seq_task.evaluators(data.config, data,
+                                                     functools.partial(task.predict, None), engine))
   references = [[r.split() for r in refs] for refs in data.corpus.eval_sets['test'].references]
   n = len(references)
   odd = sum(min(len(r) for r in refs) for refs in references[1::2])  # All deleted.

@@ -82,7 +82,7 @@ def test_cached_incremental_decoding_equals_full_decoding():
   variables = model.init(jax.random.key(0), source, target)
   full = model.apply(variables, source, target)
   encoded = model.apply(variables, source, method=transformer.Transformer.encode)
-  cache = transformer.init_cache(model, source, 12)
+  cache = model.init_cache(source, 12)
   steps = []
   for t in range(6):
     logits, updates = model.apply({**variables, **cache}, encoded, source, target[:, t:t + 1],
@@ -204,7 +204,7 @@ def _decoder(model, variables, source, beam=1):
   """step_fn for `decoding` over `source` repeated `beam` times, and its empty cache."""
   source = jnp.repeat(source, beam, axis=0)
   encoded = model.apply(variables, source, method=transformer.Transformer.encode)
-  cache = transformer.init_cache(model, source, model.max_length)
+  cache = model.init_cache(source, model.max_length)
 
   def step_fn(tokens, cache):
     logits, updates = model.apply({**variables, **cache}, encoded, source, tokens, decode=True,

@@ -16,7 +16,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from data import pipeline, sources
+import tasks
 from train import parallel, trainer
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
@@ -28,27 +28,18 @@ flags.mark_flags_as_required(['config'])
 
 
 def benchmark(config, steps: int, image_size: int = 0) -> dict:
-  """Times `steps` train steps of `config` on random images of side `image_size`
-  (0: from the config, see --image_size); returns the numbers."""
-  if config.task != 'classification':
-    raise ValueError(f'train.bench times image-classification configs (task={config.task!r}); '
-                     'seq2seq runs report their throughput in the training log, and '
-                     '`python -m train.predict --eval` times decoding.')
+  """Times `steps` train steps of `config` on the random batch its task module makes
+  (images of side `image_size`; 0: from the config, see --image_size); returns the
+  numbers. Raises ValueError for bad configs and tasks without fixed-shape inputs."""
   engine = parallel.build(config.parallel)
   trainer.validate(config, engine.num_devices)
-  m = config.model
-  dataset_shape = sources.DATASETS.get(config.data.name, {}).get('image_shape') or (224,)
-  size = (image_size or m.get('image_size', 0) or config.augment.random_resized_crop_size
-          or dataset_shape[0])
-  shape = (size, size, m.get('num_channels', 3))
-  num_classes = sources.DATASETS.get(config.data.name, {}).get('num_classes', config.num_classes)
-  model, task, _, schedule, init_fn = trainer.build_components(
-      config, 10 ** 6, pipeline.image_spec(num_classes, shape), engine.axis_name)
+  spec, host_batch = tasks.get(config.task).bench_inputs(
+      config, image_size, config.batch_size // jax.process_count(), np.random.default_rng(0))
+  model, task, _, schedule, init_fn = trainer.build_components(config, 10 ** 6, spec,
+                                                               engine.axis_name)
   state = engine.init_state(init_fn)
-  rng = np.random.default_rng(0)
-  local_batch = config.batch_size // jax.process_count()
-  batch = engine.put_batch({'image': rng.normal(size=(local_batch,) + shape).astype(np.float32),
-                            'label': rng.integers(0, 10, local_batch).astype(np.int32)})
+  batch = engine.put_batch(host_batch)
+  shape = tuple(spec.init_args[0].shape[1:])
   step_fn = engine.train_step(model=model, task=task, schedule=schedule,
                               accum_steps=config.grad_accum_steps)
   flops = None
@@ -66,7 +57,7 @@ def benchmark(config, steps: int, image_size: int = 0) -> dict:
   jax.block_until_ready(metrics)
   step_s = (time.perf_counter() - t) / steps
   result = {'device': f'{jax.device_count()}x {jax.devices()[0].device_kind}',
-            'engine': engine.name, 'model': m.name, 'image_shape': shape,
+            'engine': engine.name, 'model': config.model.name, 'input_shape': shape,
             'batch_size': config.batch_size,
             'compute_dtype': config.compute_dtype, 'compile_s': round(compile_s, 2),
             'step_ms': round(step_s * 1e3, 2),

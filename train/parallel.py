@@ -62,10 +62,11 @@ class JitEngine:
     return jax.jit(functools.partial(step_lib.eval_step, **kwargs),
                    out_shardings=self.replicated)
 
-  def predict_step(self, **kwargs):
-    """The jitted `(state, batch) -> predictions`, sharded like the batch."""
-    return jax.jit(functools.partial(step_lib.predict_step, **kwargs),
-                   out_shardings=self.batch_sharding)
+  def compile(self, fn, *, reduce: bool):
+    """`fn(variables, batch)` as a jitted `(state, batch) -> outputs`: sums over the
+    global batch, replicated (`reduce`), or per-example rows sharded like the batch."""
+    return jax.jit(lambda state, batch: fn(state.variables, batch),
+                   out_shardings=self.replicated if reduce else self.batch_sharding)
 
   def to_local(self, x) -> np.ndarray:
     """A batch-sharded output -> this process's rows as numpy (as put_batch took them)."""
@@ -121,9 +122,13 @@ class PmapEngine:
     """The pmapped eval step `(state, batch) -> metrics`, psum-ed over all devices."""
     return self._pmap(step_lib.eval_step, **kwargs)
 
-  def predict_step(self, **kwargs):
-    """The pmapped `(state, batch) -> predictions` [local_devices, rows, ...]."""
-    return self._pmap(step_lib.predict_step, **kwargs)
+  def compile(self, fn, *, reduce: bool):
+    """`fn(variables, batch)` as a pmapped `(state, batch) -> outputs`: its per-device
+    sums `psum`-ed over all devices (`reduce`), or rows [local_devices, rows, ...]."""
+    def device_fn(state, batch, axis_name):
+      out = fn(state.variables, batch)
+      return jax.lax.psum(out, axis_name) if reduce else out
+    return self._pmap(device_fn)
 
   def to_local(self, x) -> np.ndarray:
     """[local_devices, rows, ...] -> this process's rows [local_batch, ...] as numpy."""

@@ -86,9 +86,3 @@ def eval_step(state: TrainState, batch: dict, *, model, task, axis_name=None) ->
   """The task's (sum, count) metrics on a (padded, masked) eval batch; no state changes."""
   logits = task.apply(model, state.variables, batch, train=False)
   return _psum(task.metrics(logits, batch), axis_name)
-
-
-def predict_step(state: TrainState, batch: dict, *, model, task, axis_name=None):
-  """The task's predictions for `batch` (e.g. decoded token ids), row for row."""
-  del axis_name  # Rows are independent: no collective.
-  return task.predict(model, state.variables, batch)

@@ -21,12 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
-import data as data_lib
-import nets
+import tasks
+from tasks import common
+from tasks import evaluators as evaluators_lib
 from train import checkpoint as checkpoint_lib
-from train import optim, parallel, preemption, reporting, run_config, tasks
+from train import optim, parallel, preemption, reporting, run_config
 from train import state as state_lib
 
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -56,8 +56,8 @@ def validate(config, num_devices: int) -> None:
   choice('optim.name', config.optim.name, optim.OPTIMIZERS)
   choice('optim.schedule', config.optim.schedule, optim.SCHEDULES)
   choice('optim.weight_decay_mode', config.optim.weight_decay_mode, optim.WEIGHT_DECAY_MODES)
-  choice('task', config.task, tasks.TASKS)
-  _check_model(config)
+  choice('task', config.task, tasks.REGISTRY)
+  tasks.get(config.task).check(config)  # Model names and fields, task-specific fields.
   for field in ('batch_size', 'eval_batch_size', 'log_every_steps', 'grad_accum_steps'):
     if config[field] <= 0:
       raise ValueError(f'config.{field} must be positive, got {config[field]}')
@@ -72,54 +72,28 @@ def validate(config, num_devices: int) -> None:
     raise ValueError('Set config.num_train_steps > 0 or config.num_epochs > 0')
 
 
-def _check_model(config) -> None:
-  """Builds (does not initialise) the model with placeholder data sizes, so unknown
-  names and fields fail before the data is read; checks seq2seq lengths against it."""
-  placeholder = ({'num_classes': 10} if config.task == 'classification'
-                 else {'source_vocab_size': 8, 'target_vocab_size': 8})
-  model = nets.build(config.model.name, **placeholder,
-                     **{k: v for k, v in config.model.items() if k != 'name'})
-  if config.task != 'seq2seq':
-    return
-  from data import seq2seq  # pylint: disable=import-outside-toplevel
-  if config.data.length_policy not in seq2seq.LENGTH_POLICIES:
-    raise ValueError(f'config.data.length_policy={config.data.length_policy!r} is not valid; '
-                     f'choose one of {list(seq2seq.LENGTH_POLICIES)}')
-  if config.decode.beam_size < 1:
-    raise ValueError(f'config.decode.beam_size must be >= 1, got {config.decode.beam_size}')
-  for field in ('data.max_length', 'decode.max_length'):
-    value = config[field.split('.')[0]][field.split('.')[1]]
-    if not 2 <= value <= model.max_length:
-      raise ValueError(f'config.{field}={value} must be in [2, model.max_length='
-                       f'{model.max_length}] (raise config.model.max_length for longer ones)')
-
-
-def evaluate(state, engine, data, role: str, eval_step, predict_step=None) -> dict:
-  """Exact metrics over the whole eval split `role` ('validation' or 'test'): name ->
-  sum / count (host floats), plus `data.score` of the predictions when `predict_step`
-  is given (seq2seq decoding)."""
-  totals, masks, indices, outputs = None, [], [], []
+def evaluate(state, engine, data, role: str, eval_step=None, evaluators=()) -> dict:
+  """Exact metrics over the whole eval split `role` ('validation' or 'test'), in one
+  pass: the eval step's (sum, count) pairs divided on the host (skipped when
+  `eval_step` is None) and the metrics of each of the task's `evaluators`
+  (tasks.evaluators); name -> host float, plus 'num_examples'."""
+  totals, masks = None, []
+  for evaluator in evaluators:
+    evaluator.reset()
   for batch in data.eval_batches(role, jax.process_index(), jax.process_count()):
     device_batch = engine.put_batch(batch)
-    metrics = eval_step(state, device_batch)
-    totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+    if eval_step is not None:
+      metrics = eval_step(state, device_batch)
+      totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+    for evaluator in evaluators:
+      evaluator.update(state, device_batch, batch)
     masks.append(batch['mask'])
-    if predict_step is not None:
-      outputs.append(engine.to_local(predict_step(state, device_batch)))
-      indices.append(batch['index'])
-  totals = engine.to_host(totals)
-  result = {name: float(v[0] / v[1]) for name, v in totals.items()}
-  mask = _all_processes(np.concatenate(masks)) > 0
-  result['num_examples'] = float(mask.sum())
-  if predict_step is not None:
-    index, output = (_all_processes(np.concatenate(x))[mask] for x in (indices, outputs))
-    result.update(data.score(role, index, output))
+  result = ({name: float(v[0] / v[1]) for name, v in engine.to_host(totals).items()}
+            if totals is not None else {})
+  result['num_examples'] = float((evaluators_lib.all_processes(np.concatenate(masks)) > 0).sum())
+  for evaluator in evaluators:
+    result.update(evaluator.result(role))
   return result
-
-
-def _all_processes(x: np.ndarray) -> np.ndarray:
-  """This process's rows -> the rows of all processes, concatenated (in process order)."""
-  return multihost_utils.process_allgather(x, tiled=True) if jax.process_count() > 1 else x
 
 
 def _summarise(step_metrics: list[dict], first_step: int) -> dict:
@@ -146,12 +120,10 @@ def build_components(config, total_steps: int, spec, axis_name=None):
   models with batch statistics (a field `axis_name`) average them over it. Shared by
   the trainer and the benchmark so both measure the same computation.
   """
-  model = nets.build(config.model.name, dtype=COMPUTE_DTYPES[config.compute_dtype],
-                     **spec.model_kwargs,
-                     **{k: v for k, v in config.model.items() if k != 'name'})
+  model = common.build_model(config, COMPUTE_DTYPES[config.compute_dtype], **spec.model_kwargs)
   if 'axis_name' in {f.name for f in dataclasses.fields(model)}:
     model = model.clone(axis_name=axis_name)
-  task = tasks.build(config, spec)
+  task = tasks.get(config.task).build_task(config, spec)
   tx, schedule = optim.build(config, total_steps)
   init_fn = functools.partial(state_lib.create, model, tx, spec.init_args, config.seed)
   return model, task, tx, schedule, init_fn
@@ -179,7 +151,8 @@ def run(config, workdir: str) -> dict:
   """
   engine = parallel.build(config.parallel)
   validate(config, engine.num_devices)
-  data = data_lib.build(config)
+  task_module = tasks.get(config.task)
+  data = task_module.build_data(config)
   total_steps = total_train_steps(config, data.num_train_examples)
 
   model, task, tx, schedule, init_fn = build_components(config, total_steps, data.spec,
@@ -222,10 +195,9 @@ def run(config, workdir: str) -> dict:
   train_step = engine.train_step(model=model, task=task, schedule=schedule,
                                  accum_steps=config.grad_accum_steps)
   eval_step = engine.eval_step(model=model, task=task)
-  # Datasets with a `score` (seq2seq) are also decoded and scored at every evaluation.
-  predict_step = (engine.predict_step(model=model, task=task) if hasattr(data, 'score')
-                  else None)
-  run_eval = lambda s, role: evaluate(s, engine, data, role, eval_step, predict_step)
+  evaluators = task_module.evaluators(config, data, functools.partial(task.predict, model),
+                                      engine)
+  run_eval = lambda s, role: evaluate(s, engine, data, role, eval_step, evaluators)
 
   pending, pending_from = [], step + 1
   # Throughput and ETA count only train steps after the first (compiling) one.

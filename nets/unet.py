@@ -1,0 +1,288 @@
+r"""U-Net (Ronneberger et al. 2015, "U-Net: Convolutional Networks for Biomedical Image
+Segmentation", MICCAI) and UNet++ (Zhou et al. 2018, "UNet++: A Nested U-Net Architecture
+for Medical Image Segmentation", DLMIA; Zhou et al. 2019, "UNet++: Redesigning Skip
+Connections to Exploit Multiscale Features in Image Segmentation", IEEE TMI).
+
+Nodes X^{i,j}: i = downsampling level (0 = full resolution), j = position along the skip
+pathway (DLMIA Sec. 2, Eq. 1; TMI Sec. III, Eq. 1):
+
+  X^{i,0} = H(Pool(X^{i-1,0}))                               (X^{0,0} = H(images))
+  X^{i,j} = H([X^{i,0}, ..., X^{i,j-1}, Up(X^{i+1,j-1})])    j >= 1, [.] = channel concat
+
+  H     two (3x3 conv -> BatchNorm -> ReLU), 'same' padding, filters[i] channels
+  Pool  2x2 max-pool, stride 2
+  Up    2x2 stride-2 transposed convolution to filters[i] channels (`UpConv`), the
+        learnable upsampling of the paper's Keras code (Conv2DTranspose), rather than
+        a parameter-free bilinear resize
+  head  1x1 convolution X^{0,j} -> num_classes logits
+
+filters = (32, 64, 128, 256, 512) for levels 0..4 (DLMIA Table 1), times `width`.
+
+  X^{0,0} -> X^{0,1} -> X^{0,2} -> X^{0,3} -> X^{0,4}     heads on X^{0,1..4}
+     |     /    |     /    |     /    |     /
+  X^{1,0} -> X^{1,1} -> X^{1,2} -> X^{1,3}                (the dense skip pathway of
+     |     /    |     /    |     /                         level i also feeds every
+  X^{2,0} -> X^{2,1} -> X^{2,2}                           earlier X^{i,k}, k < j, into
+     |     /    |     /                                   X^{i,j})
+  X^{3,0} -> X^{3,1}
+     |     /
+  X^{4,0}
+
+Deep supervision (DLMIA Sec. 2, "Deep supervision"; TMI Sec. III): a head on every
+X^{0,j}, j = 1..depth, each trained against the full-resolution target. The sub-network
+of the nodes with i + j <= k is itself a U-Net-like model ("UNet++ L^k"), whose output is
+head k; with deep supervision each L^k is trained, so inference can run only L^k (model
+pruning, TMI Sec. III and Fig. 2): `level=k` computes just those nodes.
+
+U-Net here is the UNet++ papers' baseline, not the 2015 network verbatim: 'same'
+padding (the output has the input's height and width) and BatchNorm after every
+convolution, where Ronneberger et al. use unpadded ('valid') convolutions, a cropped
+skip connection and no normalisation. Its nodes are X^{i,0} and X^{i,depth-i} (TMI
+Fig. 1a), with the same H, Up and filters, so U-Net and UNet++ are comparable.
+
+Parameter counts, 1 input channel, 1 class: U-Net 7,762,465 and UNet++ without deep
+supervision 9,045,249 (9,045,348 with it): the Keras reference's (MrGiovanni/UNetPlusPlus,
+model_logic.py) 7,759,521 and 9,041,601, whose 3x3 convolutions have a bias and no
+BatchNorm, plus one BatchNorm scale per channel of those convolutions (2,944 and 3,648);
+`tests/test_unet.py` checks this.
+"""
+
+from typing import Any, Optional, Sequence
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nets import layers
+
+FILTERS = (32, 64, 128, 256, 512)   # Channels of H at levels 0..4 (DLMIA Table 1).
+
+
+def scaled_filters(filters: Sequence[int], width: float) -> tuple[int, ...]:
+  """filters[i] * width rounded half up, at least 1: width=0.25 -> (8, 16, 32, 64, 128).
+
+  Raises ValueError for width <= 0.
+  """
+  if width <= 0:
+    raise ValueError(f'width must be > 0, got {width}')
+  return tuple(max(1, int(np.floor(f * width + 0.5))) for f in filters)
+
+
+class ConvBlock(nn.Module):
+  """H: (3x3 conv -> BatchNorm -> ReLU) twice, 'same' padding (DLMIA Sec. 2).
+
+  Attributes:
+    features: output channels of both convolutions.
+    axis_name: pmap axis for synchronised BatchNorm (None under jit).
+    dtype: compute dtype.
+  """
+  features: int
+  axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """x: [batch, h, w, c_in] -> [batch, h, w, features]."""
+    for n in (1, 2):
+      x = layers.ConvBN(self.features, 3, axis_name=self.axis_name, dtype=self.dtype,
+                        name=f'conv{n}')(x, train=train)
+    return x
+
+
+class UpConv(nn.Module):
+  """Up: 2x2 transposed convolution with stride 2 (+ bias), [b, h, w, c] -> [b, 2h, 2w, f].
+
+  With stride = kernel the output windows do not overlap: output pixel (2h + p, 2w + q)
+  is x[h, w] @ kernel[p, q] + bias, the `torch.nn.ConvTranspose2d(c, f, 2, 2)`
+  convention (its weight [c, f, p, q] is this kernel [p, q, c, f]). So it is computed as
+  one matmul over channels and a depth-to-space rearrange; XLA's CPU lowering of
+  `lax.conv_transpose` is as fast forward but ~12x slower forward + backward
+  (8x64x64x64 -> 32 channels: 718 ms against 57 ms).
+
+  Attributes:
+    features: output channels f.
+    dtype: compute dtype.
+  """
+  features: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [batch, h, w, c] -> [batch, 2h, 2w, features] in `dtype`."""
+    kernel = self.param('kernel', layers.conv_kernel_init, (2, 2, x.shape[-1], self.features),
+                        self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), self.param_dtype)
+    x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+    y = jnp.einsum('bhwc,pqcf->bhwpqf', x, kernel)
+    return einops.rearrange(y, 'b h w p q f -> b (h p) (w q) f') + bias
+
+
+def _check_images(images: jax.Array, levels: int, model: str) -> None:
+  """Raises ValueError unless images is [batch, height, width, channels] with height and
+  width multiples of 2**levels (every pooling halves them exactly)."""
+  multiple = 2 ** levels
+  if images.ndim != 4:
+    raise ValueError(f'{model} expects images [batch, height, width, channels], got shape '
+                     f'{tuple(images.shape)}')
+  if images.shape[1] % multiple or images.shape[2] % multiple:
+    raise ValueError(f'{model}: images of shape {tuple(images.shape)} need height and width '
+                     f'divisible by 2**{levels} = {multiple} ({levels} poolings); pad or '
+                     f'crop them to a multiple of {multiple}')
+
+
+def _check_depth(filters: Sequence[int], depth: int, model: str) -> None:
+  if not 1 <= depth < len(filters):
+    raise ValueError(f'{model}: depth must be in 1..{len(filters) - 1} (len(filters) - 1 '
+                     f'poolings), got {depth}')
+
+
+class UNetPlusPlus(nn.Module):
+  """UNet++ with dense nested skip pathways and deep supervision (Zhou et al. 2018/2019).
+
+  Submodules are named after the nodes, so the variables of the full network apply to
+  every pruned sub-network: 'X_{i}_{j}' (H of X^{i,j}: conv1/conv2, each conv + bn),
+  'up_{i}_{j}' (Up feeding X^{i,j}), 'head_{j}' (1x1 convolution on X^{0,j}).
+
+  Attributes:
+    num_classes: logits per pixel of every head.
+    filters: channels of H at levels 0..len - 1, before `width` scaling.
+    width: multiplier of `filters` (rounded, at least 1 channel).
+    depth: number of poolings (levels 1..depth below full resolution), 1..len(filters) - 1.
+    deep_supervision: heads on X^{0,1}, ..., X^{0,depth}; else only on X^{0,depth}.
+    dtype: compute dtype; parameters, BatchNorm statistics and logits stay float32.
+    axis_name: pmap axis for synchronised BatchNorm; the pmap engine sets 'data'.
+  """
+  num_classes: int
+  filters: Sequence[int] = FILTERS
+  width: float = 1.0
+  depth: int = 4
+  deep_supervision: bool = True
+  dtype: Any = jnp.float32
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool,
+               level: Optional[int] = None) -> tuple[jax.Array, ...]:
+    """images: [batch, height, width, channels] float -> tuple of head logits, each
+    [batch, height, width, num_classes] float32.
+
+    level: run the pruned network UNet++ L^level (TMI Sec. III, model pruning): only
+      the nodes X^{i,j} with i + j <= level are computed, and head `level` equals that
+      of the full network exactly. None means depth.
+
+    Returns the heads on X^{0,1}, ..., X^{0,L} with deep supervision, else the 1-tuple
+    (head on X^{0,L}), L = level or depth.
+
+    Raises ValueError for a depth outside 1..len(filters) - 1, a level outside
+    1..depth, a level other than depth without deep supervision (there is no trained
+    head on X^{0,level}), or images whose height or width is not a multiple of 2**L.
+    """
+    _check_depth(self.filters, self.depth, 'UNet++')
+    L = self.depth if level is None else level
+    if not 1 <= L <= self.depth:
+      raise ValueError(f'UNet++: level must be in 1..depth = 1..{self.depth}, got {level}')
+    if not self.deep_supervision and L != self.depth:
+      raise ValueError(f'UNet++ without deep supervision has only the head on X^(0,{self.depth}); '
+                       f'level={level} needs deep_supervision=True')
+    _check_images(images, L, f'UNet++ L^{L}')
+    filters = scaled_filters(self.filters, self.width)
+    node = lambda i, j: ConvBlock(filters[i], self.axis_name, self.dtype, name=f'X_{i}_{j}')
+
+    x = {(0, 0): node(0, 0)(images.astype(self.dtype), train=train)}
+    for i in range(1, L + 1):
+      x[i, 0] = node(i, 0)(nn.max_pool(x[i - 1, 0], (2, 2), strides=(2, 2)), train=train)
+    for j in range(1, L + 1):
+      for i in range(L - j + 1):
+        up = UpConv(filters[i], self.dtype, name=f'up_{i}_{j}')(x[i + 1, j - 1])
+        skips = [x[i, k] for k in range(j)]
+        x[i, j] = node(i, j)(jnp.concatenate(skips + [up], axis=-1), train=train)
+
+    heads = range(1, L + 1) if self.deep_supervision else (L,)
+    return tuple(nn.Dense(self.num_classes, dtype=self.dtype, name=f'head_{j}')(x[0, j])
+                 .astype(jnp.float32) for j in heads)
+
+
+class UNet(nn.Module):
+  """U-Net encoder-decoder with skip concatenation, the UNet++ papers' baseline.
+
+  'Same' padding and BatchNorm, unlike Ronneberger et al. 2015 (valid convolutions, no
+  normalisation); see the module docstring. Nodes X^{i,0} (encoder) and X^{i,depth-i}
+  (decoder, X^{i,depth-i} = H([X^{i,0}, Up(X^{i+1,depth-i-1})])), named as in
+  `UNetPlusPlus`: 'X_{i}_{j}', 'up_{i}_{j}', and 'head_{depth}'.
+
+  Attributes: as `UNetPlusPlus`; `deep_supervision` exists so configs can switch
+  between the two models, and must be False (U-Net has no intermediate X^{0,j}).
+  """
+  num_classes: int
+  filters: Sequence[int] = FILTERS
+  width: float = 1.0
+  depth: int = 4
+  deep_supervision: bool = False
+  dtype: Any = jnp.float32
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool,
+               level: Optional[int] = None) -> tuple[jax.Array, ...]:
+    """images: [batch, height, width, channels] float -> 1-tuple of logits
+    [batch, height, width, num_classes] float32.
+
+    Raises ValueError for deep_supervision=True, a level other than None, a depth
+    outside 1..len(filters) - 1, or a height or width not a multiple of 2**depth.
+    """
+    if self.deep_supervision:
+      raise ValueError('U-Net has no intermediate decoder heads; use UNetPlusPlus (unetpp) '
+                       'for deep supervision')
+    if level is not None:
+      raise ValueError(f'U-Net cannot be pruned (level={level}); use UNetPlusPlus (unetpp)')
+    _check_depth(self.filters, self.depth, 'U-Net')
+    _check_images(images, self.depth, 'U-Net')
+    filters = scaled_filters(self.filters, self.width)
+    node = lambda i, j: ConvBlock(filters[i], self.axis_name, self.dtype, name=f'X_{i}_{j}')
+
+    skips = [node(0, 0)(images.astype(self.dtype), train=train)]
+    for i in range(1, self.depth + 1):
+      skips.append(node(i, 0)(nn.max_pool(skips[-1], (2, 2), strides=(2, 2)), train=train))
+    x = skips.pop()
+    for i in reversed(range(self.depth)):
+      j = self.depth - i
+      up = UpConv(filters[i], self.dtype, name=f'up_{i}_{j}')(x)
+      x = node(i, j)(jnp.concatenate([skips[i], up], axis=-1), train=train)
+    head = nn.Dense(self.num_classes, dtype=self.dtype, name=f'head_{self.depth}')
+    return (head(x).astype(jnp.float32),)
+
+
+def level_costs(model: UNetPlusPlus, image_shape: Sequence[int],
+                levels: Optional[Sequence[int]] = None) -> list[dict]:
+  """Parameters and inference FLOPs of each pruned network UNet++ L^k (TMI Sec. III).
+
+  Args:
+    model: a UNetPlusPlus (with deep supervision for levels below its depth).
+    image_shape: (height, width, channels) of one image.
+    levels: the k to measure; default 1..model.depth.
+
+  Returns:
+    [{'level': k, 'params': parameters that L^k creates (the variables of
+      `model.init(..., level=k)`), 'gflops': XLA's cost-analysis FLOPs of the jitted
+      eval-mode forward of L^k at batch 1, / 1e9}] in the order of `levels`.
+
+  Raises ValueError for an image_shape that is not (height, width, channels), and as
+  the model does for a bad level or size. Compiles once per level (nothing runs).
+  """
+  if len(image_shape) != 3:
+    raise ValueError(f'image_shape must be (height, width, channels), got {tuple(image_shape)}')
+  images = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+  costs = []
+  for k in (range(1, model.depth + 1) if levels is None else levels):
+    variables = jax.eval_shape(lambda x, k=k: model.init(jax.random.key(0), x, train=False,
+                                                         level=k), images)
+    forward = lambda v, x, k=k: model.apply(v, x, train=False, level=k)
+    analysis = jax.jit(forward).lower(variables, images).compile().cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    costs.append({'level': k,
+                  'params': sum(p.size for p in jax.tree.leaves(variables['params'])),
+                  'gflops': float(analysis['flops']) / 1e9})
+  return costs

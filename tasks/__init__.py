@@ -1,0 +1,45 @@
+"""Tasks as plug-ins: `config.task` names a module that tells the engine everything
+about a problem; train/trainer.py, train/bench.py and train/predict.py never name a task.
+
+A task module defines:
+  check(config)                  cheap config checks before any data is read, including
+                                 building (not initialising) the model with placeholder
+                                 sizes; raises ValueError naming the field.
+  build_data(config)             the data object: train_iterator(process_index,
+                                 process_count), eval_batches(role, ...), eval_splits
+                                 {'validation'?, 'test'}, num_train_examples, and spec
+                                 (data.pipeline.DataSpec: model kwargs, init inputs).
+  build_task(config, spec)       the Task: apply, per-example (token, pixel) loss, weights,
+                                 (sum, count) metrics, predict (see tasks.classification).
+  evaluators(config, data, predict_fn, engine)
+                                 metrics that are not per-example averages (WER/BLEU,
+                                 mIoU), computed from `predict_fn(variables, batch)`
+                                 (tasks.evaluators).
+  bench_inputs(config, image_size, batch_size, rng)
+                                 (spec, random host batch) for train.bench.
+  predict_cli(config, data, predict_batch, inputs)
+                                 what `python -m train.predict --text/--image` does.
+
+Adding a task: write tasks/<name>.py with these functions (and its data module and
+configs), then add one line to REGISTRY below.
+"""
+
+import difflib
+import types
+
+from tasks import classification, segmentation, seq2seq
+
+REGISTRY = {
+    'classification': classification,
+    'seq2seq': seq2seq,
+    'segmentation': segmentation,
+}
+
+
+def get(name: str) -> types.ModuleType:
+  """The task module registered as `name`. Raises ValueError listing the valid names."""
+  if name not in REGISTRY:
+    close = difflib.get_close_matches(name, REGISTRY, n=1)
+    hint = f' Did you mean {close[0]!r}?' if close else ''
+    raise ValueError(f'Unknown task {name!r}.{hint} Valid: {sorted(REGISTRY)}')
+  return REGISTRY[name]
