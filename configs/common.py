@@ -36,7 +36,8 @@ def set_dataset(c: ml_collections.ConfigDict, preset: str) -> None:
 def get_base_config() -> ml_collections.ConfigDict:
   """The shared fields with neutral defaults."""
   c = ml_collections.ConfigDict()
-  c.task = 'classification'       # 'classification' or 'seq2seq' (get_seq2seq_config).
+  c.task = 'classification'       # A name from tasks.REGISTRY: 'classification', 'seq2seq'
+                                  # (get_seq2seq_config), 'segmentation' (get_segmentation_config).
   c.seed = 0                      # Seeds init, dropout and the data order/augmentation.
   c.num_train_steps = -1          # Optimizer steps; when > 0 it overrides num_epochs.
   c.num_epochs = 10.0             # Passes over the training split (fractions allowed).
@@ -130,4 +131,45 @@ def get_seq2seq_config() -> ml_collections.ConfigDict:
   c.decode.max_length = 32        # Most output tokens, </s> included.
   c.checkpoint.best_metric = 'loss'
   c.checkpoint.best_mode = 'min'
+  return c
+
+
+def get_segmentation_config() -> ml_collections.ConfigDict:
+  """The shared fields plus those of semantic segmentation (tasks/segmentation.py,
+  data/segmentation.py); defaults: UNet++ on 64x64 Fashion-MNIST scenes."""
+  c = get_base_config()
+  c.task = 'segmentation'
+  c.model.name = 'unetpp'         # 'unetpp' (Zhou et al. 2018) or 'unet' (Ronneberger et al.).
+  c.model.depth = 4               # Poolings: input sides must be multiples of 2**depth.
+  c.model.width = 1.0             # x the paper's filters (32, 64, 128, 256, 512).
+  c.model.deep_supervision = True  # UNet++: a 1x1 head on each X^{0,j}, losses averaged.
+  c.data.source = 'fashion_mnist_scenes'  # 'fashion_mnist_scenes', 'stardist_nuclei', 'tfds'.
+  c.data.name = 'fashion_mnist_scenes'    # tfds: 'oxford_iiit_pet'.
+  c.data.train_split = 'train[:55000]'    # Scenes: Fashion-MNIST items each scene is made of;
+  c.data.validation_split = 'train[55000:]'  # eval scenes use items never trained on.
+  c.data.test_split = 'test'
+  c.data.num_classes = 11         # Including background (class 0).
+  c.data.ignore_label = 255       # Label value of pixels no loss or metric counts.
+  c.data.image_size = 64          # pets / nuclei: side of the (resized / tiled) images.
+  c.data.canvas_size = 64         # Scenes: canvas side in pixels.
+  c.data.num_train_scenes = 50000  # Scenes generated (deterministically) per split:
+  c.data.num_eval_scenes = 2000   # training, and each of validation and test.
+  c.data.mean = (0.170,)          # Scenes' pixel mean / std (2,000 training scenes).
+  c.data.std = (0.298,)
+  c.augment.flip = True           # Random horizontal flip of image and label.
+  c.augment.scale_range = (1.0, 1.0)  # Random rescale factor range, then crop/pad back.
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = 'bce_dice'        # tasks.dense_losses: 'cross_entropy', 'binary_cross_entropy',
+                                  # 'dice', 'bce_dice' (the UNet++ paper's), 'focal',
+                                  # 'tversky', 'focal_tversky'.
+  c.loss.dice_eps = 1.0           # Smoothing of Dice / Tversky.
+  c.loss.focal_gamma = 2.0        # Focal loss exponent (Lin et al. 2017).
+  c.loss.tversky_alpha = 0.3      # Tversky weight of false positives (Salehi et al. 2017)
+  c.loss.tversky_beta = 0.7       # ... and of false negatives.
+  c.loss.focal_tversky_gamma = 0.75  # Focal Tversky exponent (Abraham & Khan 2019: 1 / (4/3)).
+  c.inference = ml_collections.ConfigDict()
+  c.inference.head = 'last'       # Deep supervision at inference: 'last' head or 'mean' of all.
+  c.inference.level = 0           # UNet++ pruned to L1..L4 at inference; 0: the whole network.
+  c.checkpoint.best_metric = 'miou'
+  c.checkpoint.best_mode = 'max'
   return c

@@ -145,9 +145,9 @@ def evaluators(config, data, predict_fn, engine) -> list:
     weights = (batch['label'] != ignore) * batch['mask'][:, None, None]
     return confusion.confusion_matrix(batch['label'], predictions, weights, num_classes)
 
+  names = [name.replace(' ', '_') for name in data.class_names]  # Valid TensorBoard tags.
   return [evaluators_lib.SumEvaluator(
-      predict_fn, engine, batch_sums,
-      lambda matrix: confusion.segmentation_metrics(matrix, data.class_names))]
+      predict_fn, engine, batch_sums, lambda matrix: confusion.segmentation_metrics(matrix, names))]
 
 
 def bench_inputs(config, image_size, batch_size, rng):
