@@ -11,7 +11,8 @@ occluding each other; each foreground pixel is labelled with its item's class (1
 background. Training scenes use the items of train[:55000], validation scenes those of
 train[55000:], test scenes those of the test split: evaluation objects are unseen. UNet++
 at a quarter of the paper's filters (8, 16, 32, 64, 128), sized for the 2-core CPU
-(README: Segmentation); loss: the paper's BCE + Dice averaged over the 4 heads.
+(README: Segmentation); per-pixel cross entropy averaged over the 4 heads
+(--config.loss.name=bce_dice: the paper's BCE + Dice).
 """
 
 from configs import common
@@ -20,14 +21,16 @@ from configs import common
 def get_config():
   c = common.get_segmentation_config()
   c.model.width = 0.25
-  c.batch_size = 32
-  c.eval_batch_size = 200
-  c.num_train_steps = 3000
+  c.loss.name = 'cross_entropy'   # Learns 11 classes faster here than BCE + Dice.
+  c.batch_size = 16
+  c.eval_batch_size = 100
+  c.num_train_steps = 1500
   c.num_epochs = -1.0
   c.learning_rate = 3e-3
-  c.warmup_steps = 200
+  c.warmup_steps = 100
   c.optim.weight_decay = 1e-4
-  c.data.num_threads = 2
-  c.eval_every_steps = 1000
-  c.checkpoint_every_steps = 1000
+  c.data.num_threads = 1
+  c.data.num_eval_scenes = 1000
+  c.eval_every_steps = 500
+  c.checkpoint_every_steps = 500
   return c

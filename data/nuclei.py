@@ -59,6 +59,7 @@ STARDIST_VERSION = '0.9.2'
 WHEEL_MEMBERS = {'img2d.tif': 'stardist/data/images/img2d.tif',
                  'mask2d.tif': 'stardist/data/images/mask2d.tif'}
 # Split name -> (first column, end column) as fractions of the image width.
+CLASS_NAMES = ('background', 'nucleus')  # Label values 0 and 1.
 SPLITS = {'train': (0, 5 / 8), 'validation': (5 / 8, 3 / 4), 'test': (3 / 4, 1)}
 # The wheel is pinned to one platform so pip never falls back to building the sdist; the two
 # image files are the same in every platform's wheel.

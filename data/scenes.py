@@ -181,3 +181,27 @@ def load_split(config, split: str, num_scenes: int | None = None) -> FashionMnis
                             max_items=data.get('max_items', 4),
                             item_size=data.get('item_size', None),
                             seed=split_seed(split))
+
+
+def main(argv):
+  """Writes one scene's image (and its label map, coloured) as PNG files."""
+  del argv
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from configs import common  # pylint: disable=import-outside-toplevel
+  from tasks import overlay  # pylint: disable=import-outside-toplevel
+  f = flags.FLAGS
+  config = common.get_segmentation_config()
+  scene = load_split(config, f.split, num_scenes=f.index + 1).scene(f.index)
+  Image.fromarray(scene['image'][..., 0]).save(f.out)
+  label_path = f.out.rsplit('.', 1)[0] + '_label.png'
+  Image.fromarray(overlay.PALETTE[scene['label'] % len(overlay.PALETTE)]).save(label_path)
+  names = [CLASS_NAMES[c + 1] for c in scene['classes']]
+  print(f'{f.out} ({label_path}): {len(names)} items: {", ".join(names)}')
+
+
+if __name__ == '__main__':
+  from absl import app, flags  # pylint: disable=ungrouped-imports
+  flags.DEFINE_string('split', 'test', "Items' split: 'test', 'train[:55000]', ...")
+  flags.DEFINE_integer('index', 0, 'Scene index.')
+  flags.DEFINE_string('out', 'scene.png', 'Output PNG (the label map goes to *_label.png).')
+  app.run(main)

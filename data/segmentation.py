@@ -47,10 +47,6 @@ _TRIMAP_TO_CLASS = {1: 1, 2: 0, 3: 2}
 _TRIMAP_TABLE = np.full(256, 255, np.uint8)  # Lookup table of the above; others -> 255.
 _TRIMAP_TABLE[list(_TRIMAP_TO_CLASS)] = list(_TRIMAP_TO_CLASS.values())
 TFDS_DATASETS = {'oxford_iiit_pet': PET_CLASS_NAMES}  # TFDS name -> class names.
-NUCLEI_CLASS_NAMES = ('background', 'nucleus')
-# Bilinear (antialiased) Pillow resize of one [h, w, c] uint8 image, shared with the
-# classification transforms.
-_resize_image = transforms._resize  # pylint: disable=protected-access
 
 
 # Paired transforms of one example or a batch.
@@ -71,7 +67,7 @@ def resize_pair(image: np.ndarray, label: np.ndarray, height: int,
   [height, width, c] and [height, width]."""
   if image.shape[:2] == (height, width) and label.shape == (height, width):
     return image, label
-  return _resize_image(image, height, width), resize_label(label, height, width)
+  return transforms.resize(image, height, width), resize_label(label, height, width)
 
 
 def random_scale_crop(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
@@ -246,7 +242,7 @@ def class_names(config) -> tuple[str, ...]:
     names = TFDS_DATASETS[data.name]
   elif data.source == 'stardist_nuclei':
     from data import nuclei  # pylint: disable=import-outside-toplevel
-    names = tuple(getattr(nuclei, 'CLASS_NAMES', NUCLEI_CLASS_NAMES))
+    names = nuclei.CLASS_NAMES
   else:
     raise ValueError(f'Unknown data.source {data.source!r} for segmentation; valid: '
                      f'{list(SOURCES)}')

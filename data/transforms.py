@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 
-def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
   """Bilinear (antialiased) resize of one [h, w, c] uint8 image to [height, width, c]."""
   channels = image.shape[-1]
   pil = Image.fromarray(image[..., 0] if channels == 1 else image)
@@ -48,7 +48,7 @@ def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
     if 0 < w <= width and 0 < h <= height:
       top = int(rng.integers(0, height - h + 1))
       left = int(rng.integers(0, width - w + 1))
-      return _resize(image[top:top + h, left:left + w], size, size)
+      return resize(image[top:top + h, left:left + w], size, size)
   aspect = width / height
   if aspect < ratio[0]:
     w, h = width, int(round(width / ratio[0]))
@@ -57,7 +57,7 @@ def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
   else:
     w, h = width, height
   top, left = (height - h) // 2, (width - w) // 2
-  return _resize(image[top:top + h, left:left + w], size, size)
+  return resize(image[top:top + h, left:left + w], size, size)
 
 
 def resize_center_crop(image: np.ndarray, size: int, resize_size: int) -> np.ndarray:
@@ -71,7 +71,7 @@ def resize_center_crop(image: np.ndarray, size: int, resize_size: int) -> np.nda
   height, width = image.shape[:2]
   factor = resize_size / min(height, width)
   h, w = max(size, round(height * factor)), max(size, round(width * factor))
-  image = _resize(image, h, w)
+  image = resize(image, h, w)
   top, left = (h - size) // 2, (w - size) // 2
   return image[top:top + size, left:left + size]
 

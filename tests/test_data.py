@@ -87,7 +87,7 @@ def test_random_resized_crop_is_a_resized_window_within_scale():
     assert out.shape == (16, 16, 3) and out.dtype == np.uint8
   # A crop of the whole area at the image's own aspect ratio is a plain resize.
   whole = transforms.random_resized_crop(image[:, :40], 8, rng, scale=(1.0, 1.0), ratio=(1.0, 1.0))
-  np.testing.assert_array_equal(whole, transforms._resize(image[:, :40], 8, 8))
+  np.testing.assert_array_equal(whole, transforms.resize(image[:, :40], 8, 8))
   # Impossible ratios fall back to the central crop with the ratio clamped.
   tall = np.zeros((100, 10, 1), np.uint8)
   tall[45:55] = 255

@@ -1,0 +1,75 @@
+r"""UNet++ pruned at inference (Zhou et al. 2019, IEEE TMI, Sec. III-C "model pruning"):
+for each level L1..L<depth> of a trained run, the sub-network's parameters, GFLOPs per
+image, mIoU on an eval split and inference speed.
+
+  python -m benchmarks.unetpp_levels --config=configs/unetpp_fashion_mnist_scenes.py \
+      [--workdir=runs/unetpp_fashion_mnist_scenes] [--split=test] [--repeats=5]
+
+Every level is evaluated from the same (latest) checkpoint with
+--config.inference.level=k, which runs only the nodes X^{i,j} with i + j <= k.
+images/s: the compiled prediction of one eval batch (config.eval_batch_size images,
+already on the device), timed over --repeats runs after a compiling one; mIoU: the whole
+split through train.predict's timed evaluation (input pipeline included).
+"""
+
+import copy
+import json
+import os
+import time
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from nets import unet
+from tasks import common
+from train import predict, reporting
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file of the run.',
+                                          lock_config=False)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default runs/<config name>).')
+_SPLIT = flags.DEFINE_enum('split', 'test', ['validation', 'test'], 'Eval split.')
+_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed predictions of one batch per level.')
+flags.mark_flags_as_required(['config'])
+
+
+def measure(config, workdir: str, level: int, split: str, repeats: int) -> dict:
+  """One level's parameters, GFLOPs per image, eval metrics and images/s."""
+  config = copy.deepcopy(config)
+  config.inference.level = level
+  predictor = predict.Predictor(config, workdir)
+  metrics = predictor.timed_eval(split)
+  batch = next(iter(predictor.data.eval_batches(split)))
+  predictor.predict_batch(batch)  # Compiles.
+  start = time.perf_counter()
+  for _ in range(repeats):
+    predictor.predict_batch(batch)
+  seconds = (time.perf_counter() - start) / repeats
+  model = common.build_model(config, **predictor.data.spec.model_kwargs)
+  shape = predictor.data.spec.init_args[0].shape[1:]
+  cost, = unet.level_costs(model, shape, [level or model.depth])
+  return {'level': level or model.depth, 'params': cost['params'],
+          'gflops_per_image': round(cost['gflops'], 4), 'miou': round(metrics['miou'], 4),
+          'pixel_accuracy': round(metrics['pixel_accuracy'], 4),
+          'images_per_s': round(len(batch['image']) / seconds, 1)}
+
+
+def main(argv):
+  del argv
+  reporting.quiet_library_logs()
+  config = _CONFIG.value
+  name = os.path.splitext(os.path.basename(flags.FLAGS['config'].config_filename))[0]
+  workdir = _WORKDIR.value or os.path.join('runs', name)
+  print(f'device: {jax.device_count()}x {jax.devices()[0].device_kind}; split: {_SPLIT.value}')
+  rows = [measure(config, workdir, k, _SPLIT.value, _REPEATS.value)
+          for k in range(1, config.model.depth + 1)]
+  print('| level | params | GFLOPs / image | mIoU | pixel acc. | images/s |')
+  print('|---|---:|---:|---:|---:|---:|')
+  for r in rows:
+    print(f"| L{r['level']} | {r['params']:,} | {r['gflops_per_image']} | {r['miou']:.4f} | "
+          f"{r['pixel_accuracy']:.4f} | {r['images_per_s']} |")
+  print(json.dumps(rows))
+
+
+if __name__ == '__main__':
+  app.run(main)
