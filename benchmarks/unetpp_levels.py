@@ -19,18 +19,12 @@ import time
 
 import jax
 from absl import app, flags
-from ml_collections import config_flags
 
 from nets import unet
 from tasks import common
-from train import predict, reporting
+from train import predict, reporting  # Defines --config, --workdir and --split.
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file of the run.',
-                                          lock_config=False)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default runs/<config name>).')
-_SPLIT = flags.DEFINE_enum('split', 'test', ['validation', 'test'], 'Eval split.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed predictions of one batch per level.')
-flags.mark_flags_as_required(['config'])
 
 
 def measure(config, workdir: str, level: int, split: str, repeats: int) -> dict:
@@ -57,11 +51,12 @@ def measure(config, workdir: str, level: int, split: str, repeats: int) -> dict:
 def main(argv):
   del argv
   reporting.quiet_library_logs()
-  config = _CONFIG.value
-  name = os.path.splitext(os.path.basename(flags.FLAGS['config'].config_filename))[0]
-  workdir = _WORKDIR.value or os.path.join('runs', name)
-  print(f'device: {jax.device_count()}x {jax.devices()[0].device_kind}; split: {_SPLIT.value}')
-  rows = [measure(config, workdir, k, _SPLIT.value, _REPEATS.value)
+  f = flags.FLAGS
+  config = f.config
+  name = os.path.splitext(os.path.basename(f['config'].config_filename))[0]
+  workdir = f.workdir or os.path.join('runs', name)
+  print(f'device: {jax.device_count()}x {jax.devices()[0].device_kind}; split: {f.split}')
+  rows = [measure(config, workdir, k, f.split, _REPEATS.value)
           for k in range(1, config.model.depth + 1)]
   print('| level | params | GFLOPs / image | mIoU | pixel acc. | images/s |')
   print('|---|---:|---:|---:|---:|---:|')

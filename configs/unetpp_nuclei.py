@@ -30,7 +30,7 @@ def get_config():
   c.model.width = 0.25
   c.batch_size = 16
   c.eval_batch_size = 16
-  c.num_train_steps = 1500
+  c.num_train_steps = 1000
   c.num_epochs = -1.0
   c.learning_rate = 3e-3
   c.warmup_steps = 100

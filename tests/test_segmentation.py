@@ -96,8 +96,8 @@ def test_bad_loss_head_or_level_names_the_valid_choices():
     trainer.validate(config, 1)
 
 
-def _shrink(config, tmp_path=None):
-  config.model.width = 0.125
+def _shrink(config):
+  config.model.width, config.model.depth = 0.125, 2
   config.batch_size = config.eval_batch_size = 8
   config.num_train_steps, config.warmup_steps = 2, 1
   config.data.num_threads = 1
