@@ -8,7 +8,7 @@ The 512x512 image is split into column strips (data/nuclei.py): training tiles f
 columns 0-320 (stride half a tile), validation 320-384, test 384-512 (held out, never
 trained on). 64x64 tiles, random flips and rescaling. The UNet++ paper's domain: it
 reports 92.5 % nuclei IoU with deep supervision on the whole DSB 2018 set (Zhou et al.
-2019, Table 3); here one image trains, so expect less.
+2019, IEEE TMI); here one image trains (README: test nucleus IoU 0.895).
 """
 
 from configs import common
@@ -30,7 +30,7 @@ def get_config():
   c.model.width = 0.25
   c.batch_size = 16
   c.eval_batch_size = 16
-  c.num_train_steps = 1000
+  c.num_train_steps = 1000       # Validation mIoU peaks early (step 250 of the README run).
   c.num_epochs = -1.0
   c.learning_rate = 3e-3
   c.warmup_steps = 100
