@@ -165,8 +165,8 @@ def bench_inputs(config, image_size, batch_size, rng):
 
 
 def predict_cli(config, data, predict_batch, inputs: dict) -> None:
-  """Writes, for each --image, a PNG of the image with the predicted classes overlaid
-  and a legend (--out: a file for one image, else a folder; default <image>_pred.png)."""
+  """Writes, for each --image (resized to the training images' size), a PNG of the image
+  with the predicted classes overlaid and a legend (--out: a file for one image, else a folder; default <image>_pred.png)."""
   from tasks import overlay  # pylint: disable=import-outside-toplevel
   h, w, c = data.spec.init_args[0].shape[1:]
   for path in inputs.get('image', []):

@@ -58,7 +58,8 @@ class _EvalData:
       yield batch
 
 
-@pytest.mark.parametrize('engine_name,num_devices', [('jit', 1), ('jit', 8), ('pmap', 8)])
+@pytest.mark.parametrize('engine_name,num_devices', [('jit', 1), ('jit', 8), ('pmap', 1),
+                                                     ('pmap', 8)])
 def test_confusion_matrix_metrics_are_exact_over_devices_padding_and_ignore(engine_name,
                                                                           num_devices):
   data = _EvalData()

@@ -42,7 +42,7 @@ def create(model, tx: optax.GradientTransformation, init_args: tuple,
   init_rng, state_rng = jax.random.split(jax.random.key(seed))
   # The initial weights come from the 'rbg' generator: XLA on the CPU compiles the
   # threefry bits of ~100 parameter tensors slowly (ResNet-18: 18 s, UNet++: 56 s,
-  # against 4 s and 8 s). Dropout and training keep the default threefry key `rng`.
+  # against 4 s and 8 s). The training key (`state_rng`: dropout) stays threefry.
   init_rng = jax.random.key(jax.random.randint(init_rng, (), 0, 2 ** 31 - 1), impl='rbg')
   variables = model.init({'params': init_rng, 'dropout': init_rng}, *init_args, train=False)
   variables = flax.core.unfreeze(variables)
