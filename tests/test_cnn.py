@@ -183,10 +183,12 @@ def test_batch_statistics_on_eight_devices_equal_one_device(name, engine):
   loss, stats, params = _bn_train(name, engine, 8)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
   chex.assert_trees_all_close(stats, ref_stats, rtol=1e-4, atol=1e-6)
-  # One SGD step (lr 0.1) back through the BatchNorm statistics amplifies float32
-  # reduction-order differences: jit on 8 devices differs from 1 device by up to 1.2e-3
-  # (relative, MobileNetV2's stem kernel), exactly as much as pmap on 8 devices.
-  chex.assert_trees_all_close(params, ref_params, rtol=3e-3, atol=2e-5)
+  # The update equals the global one of the jit engine on the same 8 devices. Against 1
+  # device only loosely: one SGD step (lr 0.1) back through the BatchNorm statistics
+  # amplifies float32 reduction-order differences (jit on 8 devices differs from 1 device
+  # by up to 5.7e-4 on MobileNetV2's kernels, exactly as much as pmap on 8 devices).
+  chex.assert_trees_all_close(params, _bn_train(name, 'jit', 8)[2], rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(params, ref_params, rtol=1e-2, atol=2e-3)
 
 
 def test_pmap_without_synchronisation_would_differ():
