@@ -14,13 +14,13 @@ entropy, backward, SGD (+ momentum, coupled weight decay) update.
 """
 
 import json
-import time
 
 import torch
 from absl import app, flags
 from ml_collections import config_flags
 from torch import nn
 
+from benchmarks import torch_timing
 from nets import mobilenet_v2, resnet
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
@@ -124,7 +124,6 @@ def main(argv):
     model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
   torch.backends.cudnn.benchmark = True
   bf16 = c.compute_dtype == 'bfloat16' and device.type == 'cuda'
-  sync = torch.cuda.synchronize if device.type == 'cuda' else lambda: None
 
   def step():
     opt.zero_grad(set_to_none=True)
@@ -133,14 +132,7 @@ def main(argv):
     loss.backward()
     opt.step()
 
-  for _ in range(2):
-    step()
-  sync()
-  t = time.perf_counter()
-  for _ in range(_STEPS.value):
-    step()
-  sync()
-  step_s = (time.perf_counter() - t) / _STEPS.value
+  step_s = torch_timing.seconds_per_step(step, _STEPS.value, 2, device)
   print(json.dumps({'framework': f'torch {torch.__version__}', 'threads': torch.get_num_threads(),
                     'device': str(device), 'bfloat16_autocast': bf16, 'model': c.model.name, 'image_size': size,
                     'channels_last': _CHANNELS_LAST.value,

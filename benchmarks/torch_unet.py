@@ -19,12 +19,12 @@ and torch's default 2 threads in 4,371 ms. Compare runs at the same --threads.
 """
 
 import json
-import time
 
 import torch
 from absl import app, flags
 from torch import nn
 
+from benchmarks import torch_timing
 from nets import unet
 
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Images per train step.')
@@ -104,7 +104,6 @@ def main(argv):
   y = torch.randint(0, classes, (batch, size, size), device=device)
   model = model.to(device).to(memory_format=torch.channels_last)
   x = x.to(memory_format=torch.channels_last)
-  sync = torch.cuda.synchronize if device.type == 'cuda' else lambda: None
 
   def step():
     opt.zero_grad(set_to_none=True)
@@ -113,14 +112,7 @@ def main(argv):
     loss.backward()
     opt.step()
 
-  for _ in range(_WARMUP.value):
-    step()
-  sync()
-  t = time.perf_counter()
-  for _ in range(_STEPS.value):
-    step()
-  sync()
-  step_s = (time.perf_counter() - t) / _STEPS.value
+  step_s = torch_timing.seconds_per_step(step, _STEPS.value, _WARMUP.value, device)
   print(json.dumps({'framework': 'torch', 'torch_version': torch.__version__,
                     'threads': torch.get_num_threads(), 'device': str(device),
                     'model': f'unetpp_w{_WIDTH.value:g}_d{_DEPTH.value}'

@@ -11,12 +11,13 @@ entropy, backward, clip, update.
 """
 
 import json
-import time
 
 import torch
 from absl import app, flags
 from ml_collections import config_flags
 from torch import nn
+
+from benchmarks import torch_timing
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps (after warm-up steps).')
@@ -61,12 +62,7 @@ def main(argv):
     nn.utils.clip_grad_norm_(model.parameters(), c.optim.grad_clip_norm)
     opt.step()
 
-  for _ in range(3):
-    step()
-  t = time.perf_counter()
-  for _ in range(_STEPS.value):
-    step()
-  step_s = (time.perf_counter() - t) / _STEPS.value
+  step_s = torch_timing.seconds_per_step(step, _STEPS.value, 3, x.device)
   print(json.dumps({'framework': f'torch {torch.__version__}', 'threads': torch.get_num_threads(),
                     'params': sum(p.numel() for p in model.parameters()),
                     'batch_size': c.batch_size, 'step_ms': round(step_s * 1e3, 2),
