@@ -37,7 +37,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   """The shared fields with neutral defaults."""
   c = ml_collections.ConfigDict()
   c.task = 'classification'       # A name from tasks.REGISTRY: 'classification', 'seq2seq'
-                                  # (get_seq2seq_config), 'segmentation' (get_segmentation_config).
+                                  # (get_seq2seq_config), 'segmentation' (get_segmentation_config),
+                                  # 'detection' (get_detection_config).
   c.seed = 0                      # Seeds init, dropout and the data order/augmentation.
   c.num_train_steps = -1          # Optimizer steps; when > 0 it overrides num_epochs.
   c.num_epochs = 10.0             # Passes over the training split (fractions allowed).
@@ -171,5 +172,61 @@ def get_segmentation_config() -> ml_collections.ConfigDict:
   c.inference.head = 'last'       # Deep supervision at inference: 'last' head or 'mean' of all.
   c.inference.level = 0           # UNet++ pruned to L1..L4 at inference; 0: the whole network.
   c.checkpoint.best_metric = 'miou'
+  c.checkpoint.best_mode = 'max'
+  return c
+
+
+# YOLOv3's anchors (Redmon & Farhadi 2018, Sec. 2.3: k-means on COCO), (width, height) in
+# pixels of 416x416 inputs, three per scale, stride 8 first. `python -m data.anchors`
+# computes a dataset's own.
+YOLOV3_COCO_ANCHORS = ((10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (59, 119),
+                       (116, 90), (156, 198), (373, 326))
+
+
+def get_detection_config() -> ml_collections.ConfigDict:
+  """The shared fields plus those of object detection (tasks/detection.py,
+  data/detection.py); defaults: YOLOv3 (Darknet-53) on 64x64 Fashion-MNIST scenes."""
+  c = get_base_config()
+  c.task = 'detection'
+  c.model.name = 'yolov3'         # 'yolov3' (Darknet-53) or yolov3_<backbone>, e.g.
+                                  # 'yolov3_mobilenet_v2', 'yolov3_resnet18'.
+  c.model.width = 1.0             # Backbone channel multiplier.
+  c.model.neck_width = 1.0        # x the neck's channels (512, 256, 128).
+  c.anchors = YOLOV3_COCO_ANCHORS  # (w, h) in input pixels, 3 per scale, stride 8 first.
+  c.data.source = 'fashion_mnist_scenes'  # 'fashion_mnist_scenes', 'neon_trees', 'tfds'.
+  c.data.name = 'fashion_mnist_scenes'    # tfds: 'voc' or 'coco/2017'.
+  c.data.train_split = 'train[:55000]'    # Scenes: the Fashion-MNIST items scenes are made
+  c.data.validation_split = 'train[55000:]'  # of; eval scenes use items never trained on.
+  c.data.test_split = 'test'
+  c.data.image_size = 64          # Network input side (letterboxed); a multiple of 32.
+  c.data.max_boxes = 8            # Boxes per image in a batch (the rest dropped, counted).
+  c.data.canvas_size = 64         # Scenes: canvas side in pixels.
+  c.data.num_train_scenes = 50000  # Scenes generated per split: training, and each of
+  c.data.num_eval_scenes = 2000   # validation and test.
+  c.data.min_visible = 0.25       # Scenes: items with less of them visible have no box.
+  c.data.mean = (0.170,)          # Scenes' pixel mean / std (as segmentation's).
+  c.data.std = (0.298,)
+  c.augment.flip = True           # Random horizontal flip of image and boxes.
+  c.augment.scale_range = (1.0, 1.0)  # Random rescale factor range ...
+  c.augment.translate = 0.0       # ... and shift (fraction of the side), then crop/pad.
+  c.augment.mosaic_prob = 0.0     # Mosaic of 4 images (Bochkovskiy et al. 2020).
+  c.augment.brightness = 0.0      # Colour jitter strengths (0: off).
+  c.augment.contrast = 0.0
+  c.augment.saturation = 0.0
+  c.loss = ml_collections.ConfigDict()
+  c.loss.box_loss = 'ciou'        # 'original' (YOLOv3), 'iou', 'giou', 'diou' or 'ciou'.
+  c.loss.ignore_threshold = 0.5   # Unassigned predictions overlapping a box more: no loss.
+  c.loss.box_weight = 1.0         # Weights of the loss terms (each summed per image).
+  c.loss.obj_weight = 1.0
+  c.loss.cls_weight = 1.0
+  c.nms = ml_collections.ConfigDict()
+  c.nms.method = 'greedy'         # 'greedy', 'diou' (DIoU-NMS), 'soft_linear', 'soft_gaussian'.
+  c.nms.iou_threshold = 0.5       # Suppression threshold (Soft-NMS linear: N_t).
+  c.nms.score_threshold = 0.001   # Candidates (and Soft-NMS-decayed boxes) below are dropped.
+  c.nms.pre_nms_top_k = 1000      # Best candidates per image entering NMS.
+  c.nms.max_detections = 100      # Detections per image (COCO evaluates 100).
+  c.nms.diou_beta = 1.0           # DIoU-NMS exponent of the distance term.
+  c.nms.soft_sigma = 0.5          # Gaussian Soft-NMS sigma (Bodla et al. 2017).
+  c.checkpoint.best_metric = 'AP'
   c.checkpoint.best_mode = 'max'
   return c

@@ -8,7 +8,7 @@ import functools
 
 import flax.linen as nn
 
-from nets import mobilenet_v2, resnet, transformer, unet, vit
+from nets import darknet, mobilenet_v2, resnet, transformer, unet, vit, yolo
 
 REGISTRY = {
     # ViT-<variant>/<patch>: Dosovitskiy et al. 2021, Table 1.
@@ -28,6 +28,12 @@ REGISTRY = {
     # UNet++ (Zhou et al. 2018 DLMIA; 2019 IEEE TMI) with deep supervision and pruning.
     'unet': unet.UNet,
     'unetpp': unet.UNetPlusPlus,
+    # Darknet-53 (Redmon & Farhadi 2018, Table 1) and YOLOv3 (ibid., Sec. 2) on Darknet-53
+    # or another backbone: yolov3_<backbone>, e.g. yolov3_mobilenet_v2, yolov3_resnet18.
+    'darknet53': darknet.Darknet53,
+    'yolov3': yolo.yolov3,
+    **{f'yolov3_{b}': functools.partial(yolo.yolov3, b) for b in yolo.BACKBONES
+       if b != 'darknet53'},
 }
 
 

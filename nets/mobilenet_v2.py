@@ -34,6 +34,7 @@ INVERTED_RESIDUAL_SETTING = (
     (6, 320, 1, 1),
 )
 STEMS = ('imagenet', 'cifar')
+FEATURE_ROWS = (32, 96, 320)  # Rows whose outputs are C3, C4, C5 (last at stride 8, 16, 32).
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -93,6 +94,9 @@ class MobileNetV2(nn.Module):
     stem: 'imagenet' (total stride 32) or 'cifar' (total stride 8, see module docstring).
     dropout_rate: dropout before the classifier (0.2 in the reference).
     depthwise_impl: 'auto', 'xla' or 'shifted' (see nets.layers.Conv).
+    features_only: return the outputs of the 32-, 96- and 320-channel rows (C3, C4, C5;
+      strides 8, 16, 32 with the ImageNet stem) instead of logits, e.g. for the YOLOv3
+      head (no 1280-channel conv, no classifier).
     num_channels: input channels (checked).
     axis_name: pmap axis for synchronised BatchNorm; the pmap engine sets 'data'.
     dtype: compute dtype; parameters and BatchNorm statistics stay float32.
@@ -102,13 +106,15 @@ class MobileNetV2(nn.Module):
   stem: str = 'imagenet'
   dropout_rate: float = 0.2
   depthwise_impl: str = 'auto'
+  features_only: bool = False
   num_channels: int = 3
   axis_name: Optional[str] = None
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
-    """images: [batch, height, width, num_channels] float -> logits [batch, num_classes] float32.
+    """images: [batch, height, width, num_channels] float -> logits [batch, num_classes]
+    float32, or with features_only (C3, C4, C5).
 
     Raises ValueError for an unknown stem, a wrong channel count or images smaller than
     the total stride.
@@ -123,6 +129,7 @@ class MobileNetV2(nn.Module):
 
     x = layers.ConvBN(make_divisible(32 * alpha), 3, 1 if cifar else 2, activation=jax.nn.relu6,
                       name='stem', **kwargs)(images.astype(self.dtype), train=train)
+    features = []
     for i, (t, c, n, s) in enumerate(INVERTED_RESIDUAL_SETTING):
       if cifar and c == 24:
         s = 1
@@ -130,6 +137,10 @@ class MobileNetV2(nn.Module):
         x = InvertedResidual(make_divisible(c * alpha), s if j == 0 else 1, t,
                              self.depthwise_impl, name=f'block{i + 1}_{j + 1}',
                              **kwargs)(x, train=train)
+      if c in FEATURE_ROWS:
+        features.append(x)
+    if self.features_only:
+      return tuple(features)
     x = layers.ConvBN(make_divisible(1280 * max(1.0, alpha)), 1, activation=jax.nn.relu6,
                       name='head_conv', **kwargs)(x, train=train)
     x = x.mean(axis=(1, 2))

@@ -112,6 +112,8 @@ class ResNet(nn.Module):
     stem: 'imagenet' (7x7/2 conv + 3x3/2 max-pool, total stride 32) or 'cifar'
       (3x3/1 conv, total stride 8).
     preact: full pre-activation blocks (ResNet v2).
+    features_only: return the outputs of the last three stages (C3, C4, C5; strides 8,
+      16, 32 with the ImageNet stem) instead of logits, e.g. for the YOLOv3 head.
     zero_init_last: zero-initialise the last BN scale (last conv in v2) of every block.
     num_channels: input channels (checked).
     axis_name: pmap axis for synchronised BatchNorm; the pmap engine sets 'data'.
@@ -124,6 +126,7 @@ class ResNet(nn.Module):
   width: int = 64
   stem: str = 'imagenet'
   preact: bool = False
+  features_only: bool = False
   zero_init_last: bool = False
   num_channels: int = 3
   axis_name: Optional[str] = None
@@ -131,7 +134,8 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
-    """images: [batch, height, width, num_channels] float -> logits [batch, num_classes] float32.
+    """images: [batch, height, width, num_channels] float -> logits [batch, num_classes]
+    float32, or with features_only the last three stages' outputs (C3, C4, C5).
 
     Raises ValueError for an unknown depth/stem/block, a wrong channel count, or images
     smaller than the total stride (32 for the ImageNet stem, 8 for the CIFAR stem).
@@ -165,15 +169,19 @@ class ResNet(nn.Module):
       x = layers.ConvBN(self.width, 3, 1, axis_name=self.axis_name, dtype=self.dtype,
                         name='stem')(x, train=train)
 
+    outputs = []
     for i, num_blocks in enumerate(stage_sizes):
       for j in range(num_blocks):
         x = ResidualBlock(self.width * 2 ** i, kind, strides=2 if i > 0 and j == 0 else 1,
                           preact=self.preact, zero_init_last=self.zero_init_last,
                           axis_name=self.axis_name, dtype=self.dtype,
                           name=f'stage{i + 1}_block{j + 1}')(x, train=train)
+      outputs.append(x)
     if self.preact:
-      x = nn.relu(layers.batch_norm(train=train, axis_name=self.axis_name, dtype=self.dtype,
-                                    name='final_bn')(x))
+      x = outputs[-1] = nn.relu(layers.batch_norm(train=train, axis_name=self.axis_name,
+                                                  dtype=self.dtype, name='final_bn')(x))
+    if self.features_only:
+      return tuple(outputs[-3:])
     x = x.mean(axis=(1, 2))
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
     return logits.astype(jnp.float32)

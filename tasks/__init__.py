@@ -13,7 +13,7 @@ A task module defines:
                                  (sum, count) metrics, predict (see tasks.classification).
   evaluators(config, data, predict_fn, engine)
                                  metrics that are not per-example averages (WER/BLEU,
-                                 mIoU), computed from `predict_fn(variables, batch)`
+                                 mIoU, mAP), computed from `predict_fn(variables, batch)`
                                  (tasks.evaluators).
   bench_inputs(config, image_size, batch_size, rng)
                                  (spec, random host batch) for train.bench.
@@ -27,12 +27,13 @@ configs), then add one line to REGISTRY below.
 import difflib
 import types
 
-from tasks import classification, segmentation, seq2seq
+from tasks import classification, detection, segmentation, seq2seq
 
 REGISTRY = {
     'classification': classification,
     'seq2seq': seq2seq,
     'segmentation': segmentation,
+    'detection': detection,
 }
 
 

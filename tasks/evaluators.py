@@ -59,9 +59,10 @@ class SumEvaluator:
 class GatherEvaluator:
   """Metrics of the per-example predictions of the whole split, scored on the host.
 
-  score(role, indices [n] int32, predictions [n, ...]) -> {name: float}: every real
-  example of split `role` once (padding removed), in any order. Batches must carry
-  'index' [b] int32 and 'mask' [b] float32.
+  score(role, indices [n] int32, predictions) -> {name: float}: every real example of
+  split `role` once (padding removed), in any order; `predictions` is predict_fn's
+  output (an array or pytree of arrays) with [n, ...] rows. Batches must carry 'index'
+  [b] int32 and 'mask' [b] float32.
   """
 
   def __init__(self, predict_fn: Callable, engine, score: Callable):
@@ -80,5 +81,6 @@ class GatherEvaluator:
 
   def result(self, role: str) -> dict:
     mask = all_processes(np.concatenate(self._masks)) > 0
-    index, rows = (all_processes(np.concatenate(x))[mask] for x in (self._indices, self._rows))
+    index = all_processes(np.concatenate(self._indices))[mask]
+    rows = jax.tree.map(lambda *parts: all_processes(np.concatenate(parts))[mask], *self._rows)
     return self._score(role, index, rows)

@@ -1,5 +1,5 @@
-"""Pictures of segmentations: an image with its per-pixel classes coloured over it and a
-legend of the classes present (Pillow only)."""
+"""Pictures of predictions (Pillow only): an image with its per-pixel classes coloured
+over it and a legend (segmentation), or with its detected boxes drawn (detection)."""
 
 import os
 
@@ -15,12 +15,13 @@ PALETTE = np.array([
     (141, 182, 0), (101, 69, 34), (226, 88, 34), (43, 61, 38), (132, 132, 130)], np.uint8)
 
 
-def read_image(path: str, size: tuple[int, int], channels: int) -> np.ndarray:
+def read_image(path: str, size: tuple[int, int] | None, channels: int) -> np.ndarray:
   """The image file at `path` as [height, width, channels] uint8, resized (bilinear) to
-  `size` (height, width). Raises FileNotFoundError for a missing file."""
+  `size` (height, width) unless None. Raises FileNotFoundError for a missing file."""
   pil = Image.open(path).convert('L' if channels == 1 else 'RGB')
-  pil = pil.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-  return np.asarray(pil, np.uint8).reshape(size[0], size[1], channels)
+  if size is not None:
+    pil = pil.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+  return np.asarray(pil, np.uint8).reshape(pil.height, pil.width, channels)
 
 
 def output_path(image_path: str, out: str | None, num_images: int) -> str:
@@ -64,5 +65,29 @@ def save_overlay(image: np.ndarray, classes: np.ndarray, class_names, path: str,
     y = 6 + i * row
     draw.rectangle((x, y, x + 12, y + 12), fill=tuple(int(v) for v in PALETTE[c % len(PALETTE)]))
     draw.text((x + 18, y), str(class_names[c]), fill='black')
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  canvas.save(path)
+
+
+def save_detections(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray,
+                    scores: np.ndarray, class_names, path: str, scale: int = 0) -> None:
+  """Writes the image with each box outlined in its class's colour and labelled
+  "<class> <score>" to the PNG `path`.
+
+  image: [h, w, c] uint8 (c = 1 or 3); boxes: [n, 4] xyxy pixels of `image`; classes:
+  [n] int; scores: [n] float. scale: nearest-neighbour magnification (0: so that the
+  shorter side is at least 256 px).
+  """
+  h, w = image.shape[:2]
+  scale = scale or max(1, -(-256 // min(h, w)))
+  rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+  canvas = Image.fromarray(rgb.astype(np.uint8)).resize((w * scale, h * scale),
+                                                        Image.Resampling.NEAREST)
+  draw = ImageDraw.Draw(canvas)
+  for box, c, score in zip(np.asarray(boxes) * scale, classes, scores):
+    colour = tuple(int(v) for v in PALETTE[1 + int(c) % (len(PALETTE) - 1)])
+    draw.rectangle(tuple(float(v) for v in box), outline=colour, width=2)
+    draw.text((float(box[0]) + 2, float(box[1]) + 1), f'{class_names[int(c)]} {score:.2f}',
+              fill=colour)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   canvas.save(path)

@@ -68,9 +68,11 @@ class JitEngine:
     return jax.jit(lambda state, batch: fn(state.variables, batch),
                    out_shardings=self.replicated if reduce else self.batch_sharding)
 
-  def to_local(self, x) -> np.ndarray:
-    """A batch-sharded output -> this process's rows as numpy (as put_batch took them)."""
-    return np.asarray(multihost_utils.global_array_to_host_local_array(x, self.mesh, P(AXIS)))
+  def to_local(self, tree):
+    """Batch-sharded outputs (a pytree) -> this process's rows as numpy (as put_batch
+    took them)."""
+    return jax.tree.map(lambda x: np.asarray(multihost_utils.global_array_to_host_local_array(
+        x, self.mesh, P(AXIS))), tree)
 
   def to_canonical(self, state):
     """The state as checkpoints store it; the jit engine already holds that form."""
@@ -130,10 +132,10 @@ class PmapEngine:
       return jax.lax.psum(out, axis_name) if reduce else out
     return self._pmap(device_fn)
 
-  def to_local(self, x) -> np.ndarray:
-    """[local_devices, rows, ...] -> this process's rows [local_batch, ...] as numpy."""
-    x = np.asarray(x)
-    return x.reshape((-1,) + x.shape[2:])
+  def to_local(self, tree):
+    """Outputs (a pytree) [local_devices, rows, ...] -> this process's rows
+    [local_batch, ...] as numpy."""
+    return jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), tree)
 
   def to_host(self, tree):
     """Per-device step outputs (identical after psum) -> host numpy of one device."""

@@ -1,0 +1,43 @@
+r"""YOLOv3 on Fashion-MNIST scenes (64x64, 10 classes): the offline detection default.
+
+  apt-get install dataset-fashion-mnist   # as root; else: sudo apt-get install ...
+  python launch.py --config=configs/yolov3_fashion_mnist_scenes.py
+  python launch.py --config=configs/yolov3_fashion_mnist_scenes.py \
+      --config.loss.box_loss=giou --workdir=runs/yolov3_scenes_giou   # another box loss
+
+Scenes (data/scenes.py) hold 1-4 real Fashion-MNIST items of 20-48 px at random
+positions, occluding each other; each item whose visible part is at least
+data.min_visible of it has a box around its whole foreground. Training scenes use the
+items of train[:55000], validation scenes those of train[55000:], test scenes those of
+the test split: evaluation objects are unseen. The detector is sized for the 2-core CPU
+(README: Detection); its anchors come from `python -m data.anchors` on the training
+scenes.
+"""
+
+from configs import common
+
+
+def get_config():
+  c = common.get_detection_config()
+  c.model.name = 'yolov3_mobilenet_v2'
+  c.model.width = 0.5
+  c.model.neck_width = 0.25
+  # python -m data.anchors --config=configs/yolov3_fashion_mnist_scenes.py --max_examples=5000
+  # (11,808 boxes; mean best IoU 0.816, the scaled YOLOv3 COCO anchors' 0.647):
+  c.anchors = ((24.2, 11.2), (13.8, 23.3), (24.8, 17.4),  # stride 8
+               (22.3, 26.4), (18.0, 37.0), (36.4, 20.1),  # stride 16
+               (27.9, 36.0), (39.2, 29.9), (36.5, 42.2))  # stride 32
+  c.batch_size = 32
+  c.eval_batch_size = 100
+  c.num_train_steps = 2000
+  c.num_epochs = -1.0
+  c.learning_rate = 2e-3
+  c.warmup_steps = 100
+  c.optim.weight_decay = 5e-4
+  c.augment.scale_range = (0.8, 1.2)
+  c.augment.translate = 0.1
+  c.data.num_threads = 1
+  c.data.num_eval_scenes = 1000
+  c.eval_every_steps = 1000
+  c.checkpoint_every_steps = 1000
+  return c
