@@ -216,6 +216,7 @@ def get_detection_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.box_loss = 'ciou'        # 'original' (YOLOv3), 'iou', 'giou', 'diou' or 'ciou'.
   c.loss.ignore_threshold = 0.5   # Unassigned predictions overlapping a box more: no loss.
+  c.loss.assign_threshold = 0.0   # > 0: also every anchor of shape IoU above (YOLOv4: 0.213).
   c.loss.box_weight = 1.0         # Weights of the loss terms (each summed per image).
   c.loss.obj_weight = 1.0
   c.loss.cls_weight = 1.0

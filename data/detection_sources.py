@@ -7,11 +7,10 @@ float32 (x0, y0, x1, y1) in pixel-edge coordinates (pixel (r, c) covers [c, c+1)
 passes through and data.box_augment.check_boxes rejects it with the split and index.
 
 Sources (config.data.source):
-  'fashion_mnist_scenes': data.scenes (offline): each scene's items with their boxes
-      and Fashion-MNIST classes 0..9. An item hidden behind later items is still in the
-      scene's lists, but a detector cannot see it: items with a visible fraction below
-      config.data.min_visible (default 0.25) are left out (ScenesDetectionSource counts
-      them), as are items without foreground pixels (a zero-area box).
+  'fashion_mnist_scenes': data.scenes (offline): each scene's items with the boxes of
+      their visible pixels (scene_example) and Fashion-MNIST classes 0..9. Items with a
+      visible fraction below config.data.min_visible (default 0.25) are left out
+      (ScenesDetectionSource counts them), as are items with no visible pixel.
   'neon_trees': data.trees (offline): tiles of NEON aerial images, one class 'tree';
       splits 'train', 'test', 'validation', 'train_minus_validation' (see data.trees).
   'tfds': through tfds.data_source (ArrayRecord, no TensorFlow): config.data.name one of
@@ -220,15 +219,32 @@ def tfds_source(name: str, split: str, data_dir: str | None = None):
 
 # Fashion-MNIST scenes.
 
+def visible_boxes(instances: np.ndarray, count: int) -> np.ndarray:
+  """The box of each item's visible pixels: instances [S, S] int (0 background, k = item
+  k, 1-based) -> [count, 4] float32 xyxy pixel-edge boxes, all 0 for an item with no
+  visible pixel."""
+  boxes = np.zeros((count, 4), np.float32)
+  for k in range(count):
+    visible = instances == k + 1
+    rows, cols = np.flatnonzero(visible.any(1)), np.flatnonzero(visible.any(0))
+    if rows.size:
+      boxes[k] = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+  return boxes
+
+
 def scene_example(scene: dict, min_visible: float = MIN_VISIBLE) -> tuple[dict, int]:
   """A data.scenes scene -> (example, number of items left out).
 
-  Items are kept when their visible fraction is >= min_visible and their box has
-  positive area. scene: FashionMnistScenes.scene(i) ('image' [S, S, 1] uint8, 'boxes'
-  [n, 4] float32, 'classes' [n] int32, 'visible' [n] float32).
+  Boxes are those of the items' visible pixels, as PASCAL VOC annotates ("the bounding
+  box of the visible area of the object, not the estimated total extent", VOC2007
+  annotation guidelines) and COCO's boxes enclose visible segments: a detector cannot
+  know how far a hidden part extends. Items are kept when their visible fraction is
+  >= min_visible and some pixel of them is visible.
+  scene: FashionMnistScenes.scene(i) ('image' [S, S, 1] uint8, 'instances' [S, S] int32,
+  'classes' [n] int32, 'visible' [n] float32).
   Returns {'image': [S, S, 1] uint8, 'boxes': [m, 4] float32, 'classes': [m] int32}.
   """
-  boxes = scene['boxes']
+  boxes = visible_boxes(scene['instances'], len(scene['classes']))
   keep = ((scene['visible'] >= min_visible) & (boxes[:, 2] > boxes[:, 0])
           & (boxes[:, 3] > boxes[:, 1]))
   return ({'image': scene['image'], 'boxes': boxes[keep], 'classes': scene['classes'][keep]},

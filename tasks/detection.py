@@ -103,7 +103,8 @@ def _loss(config) -> yolo_loss.YoloLoss:
                      f'input pixels, smallest stride first; got {config.anchors}')
   loss = config.loss
   return yolo_loss.YoloLoss(anchors, yolo.STRIDES, loss.box_loss, loss.ignore_threshold,
-                            loss.box_weight, loss.obj_weight, loss.cls_weight)
+                            loss.box_weight, loss.obj_weight, loss.cls_weight,
+                            loss.assign_threshold)
 
 
 def _nms_options(config) -> dict:
@@ -166,8 +167,9 @@ def bench_inputs(config, image_size, batch_size, rng):
   if image_size:
     h = w = image_size
   num_classes, max_boxes = spec.model_kwargs['num_classes'], config.data.max_boxes
+  # Two corners (x, y) per box, sorted per coordinate: (x0, y0), (x1, y1).
   corners = np.sort(rng.uniform(0, 1, (batch_size, max_boxes, 2, 2)), axis=2)
-  boxes = corners.reshape(batch_size, max_boxes, 4)[..., [0, 2, 1, 3]] * [w, h, w, h]
+  boxes = corners.reshape(batch_size, max_boxes, 4) * [w, h, w, h]
   batch = {'image': rng.normal(size=(batch_size, h, w, c)).astype(np.float32),
            'boxes': boxes.astype(np.float32),
            'classes': rng.integers(0, num_classes, (batch_size, max_boxes)).astype(np.int32),

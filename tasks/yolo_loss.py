@@ -4,8 +4,12 @@ IoU family (Rezatofighi et al. 2019 GIoU; Zheng et al. 2020 DIoU / CIoU).
 
 Assignment (Sec. 2.1): each ground-truth box goes to the one anchor, over all scales,
 whose shape best matches it (IoU of the two boxes sharing a centre), at the cell of
-that scale that holds the box's centre. When two boxes claim the same (cell, anchor)
-the later box in the list keeps it (a deterministic scatter-max of box indices).
+that scale that holds the box's centre. With assign_threshold t > 0 it also goes to
+every other anchor whose shape IoU with it exceeds t (YOLOv4, Bochkovskiy et al. 2020,
+Sec. 3.4, "using multiple anchors for a single ground truth", t = 0.213 in its cfg):
+more positives per box, so the heads learn from more predictions per step. When two
+boxes claim the same (cell, anchor) the later box in the list keeps it (a
+deterministic scatter-max of box indices).
 
 Objectness (Sec. 2.1): binary cross entropy, target 1 at assigned predictions and 0
 elsewhere, except that a prediction whose decoded box overlaps any ground truth with
@@ -48,13 +52,15 @@ def shape_iou(wh: jax.Array, anchors: jax.Array) -> jax.Array:
 
 
 def assign(gt_boxes: jax.Array, gt_mask: jax.Array, anchors: jax.Array,
-           grid_shapes, strides) -> tuple[jax.Array, ...]:
+           grid_shapes, strides, assign_threshold: float = 0.0) -> tuple[jax.Array, ...]:
   """YOLOv3 target assignment of one image.
 
   gt_boxes: [m, 4] float32 xyxy pixels; gt_mask: [m] (1 real, 0 padding).
   anchors: [num_scales * A, 2] float32 (w, h) in pixels, A per scale, scale order as
     `strides` (smallest stride first).
   grid_shapes: ((h_s, w_s), ...) per scale; strides: (8, 16, 32).
+  assign_threshold: 0 for YOLOv3's single best anchor; t > 0 adds every anchor of shape
+    IoU > t (YOLOv4).
   Returns per scale an int32 [h_s, w_s, A] map: the index of the box assigned to each
   (cell, anchor), -1 where none.
   """
@@ -62,16 +68,21 @@ def assign(gt_boxes: jax.Array, gt_mask: jax.Array, anchors: jax.Array,
   per_scale = anchors.shape[0] // num_scales
   wh = gt_boxes[:, 2:] - gt_boxes[:, :2]
   centre = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
-  best = jnp.argmax(shape_iou(wh, anchors), axis=1)
+  overlap = shape_iou(wh, anchors)  # [m, num_scales * A]
+  matched = jax.nn.one_hot(jnp.argmax(overlap, axis=1), anchors.shape[0], dtype=bool)
+  if assign_threshold > 0:
+    matched |= overlap > assign_threshold
+  matched &= gt_mask[:, None] > 0
   index = jnp.arange(gt_boxes.shape[0], dtype=jnp.int32)
   maps = []
   for s, ((h, w), stride) in enumerate(zip(grid_shapes, strides)):
-    here = (gt_mask > 0) & (best // per_scale == s)
     col = jnp.clip(jnp.floor(centre[:, 0] / stride).astype(jnp.int32), 0, w - 1)
     row = jnp.clip(jnp.floor(centre[:, 1] / stride).astype(jnp.int32), 0, h - 1)
-    anchor = jnp.clip(best - s * per_scale, 0, per_scale - 1)
-    maps.append(jnp.full((h, w, per_scale), -1, jnp.int32).at[row, col, anchor].max(
-        jnp.where(here, index, -1)))
+    scale_map = jnp.full((h, w, per_scale), -1, jnp.int32)
+    for a in range(per_scale):
+      scale_map = scale_map.at[row, col, a].max(jnp.where(matched[:, s * per_scale + a], index,
+                                                          -1))
+    maps.append(scale_map)
   return tuple(maps)
 
 
@@ -81,7 +92,8 @@ class YoloLoss:
 
   anchors: [num_scales * A, 2] (w, h) in input pixels, smallest stride's first.
   strides: the scales' strides (nets.yolo.STRIDES).
-  box_loss: one of BOX_LOSSES. ignore_threshold: see the module docstring.
+  box_loss: one of BOX_LOSSES. ignore_threshold, assign_threshold: see the module
+    docstring.
   box_weight, obj_weight, cls_weight: the terms' weights.
   """
   anchors: tuple
@@ -91,6 +103,7 @@ class YoloLoss:
   box_weight: float = 1.0
   obj_weight: float = 1.0
   cls_weight: float = 1.0
+  assign_threshold: float = 0.0
 
   def __post_init__(self):
     if self.box_loss not in BOX_LOSSES:
@@ -115,7 +128,8 @@ class YoloLoss:
     anchors = jnp.asarray(self.anchors, jnp.float32)
     per_scale = anchors.shape[0] // len(self.strides)
     num_classes = outputs[0].shape[-1] - 5
-    maps = assign(gt_boxes, gt_mask, anchors, [o.shape[:2] for o in outputs], self.strides)
+    maps = assign(gt_boxes, gt_mask, anchors, [o.shape[:2] for o in outputs], self.strides,
+                  self.assign_threshold)
     box = objectness = cls = jnp.zeros((), jnp.float32)
     for s, (raw, index, stride) in enumerate(zip(outputs, maps, self.strides)):
       scale_anchors = anchors[s * per_scale:(s + 1) * per_scale]

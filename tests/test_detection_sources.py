@@ -535,9 +535,16 @@ def test_scenes_as_detection_examples(tmp_path, min_visible):
   left_out = 0
   for i in range(30):
     scene, example = generator.scene(i), source[i]
-    keep = scene['visible'] >= min_visible
+    keep = (scene['visible'] >= min_visible) & (scene['visible'] > 0)
     np.testing.assert_array_equal(example['image'], scene['image'])
-    np.testing.assert_array_equal(example['boxes'], scene['boxes'][keep])
+    visible = []  # The extent of each kept item's pixels in the instance map.
+    for k in np.flatnonzero(keep):
+      ys, xs = np.nonzero(scene['instances'] == k + 1)
+      visible.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    np.testing.assert_array_equal(example['boxes'], np.reshape(visible, (-1, 4)))
+    # Visible boxes lie inside the whole items' boxes.
+    assert (example['boxes'][:, :2] >= scene['boxes'][keep][:, :2]).all()
+    assert (example['boxes'][:, 2:] <= scene['boxes'][keep][:, 2:]).all()
     np.testing.assert_array_equal(example['classes'], scene['classes'][keep])
     assert example['image'].shape == (32, 32, 1) and example['classes'].dtype == np.int32
     box_augment.check_boxes(example, 10, f'scene {i}')
@@ -548,13 +555,14 @@ def test_scenes_as_detection_examples(tmp_path, min_visible):
   if min_visible > 0:
     assert left_out > 0  # Occlusion happens with up to 6 items on 32x32 canvases.
   else:
-    assert left_out == 0
+    assert left_out == sum(int((generator.scene(i)['visible'] == 0).sum()) for i in range(30))
 
 
 def test_scene_items_without_foreground_are_left_out():
+  instances = np.zeros((8, 8), np.int32)
+  instances[1:5, 1:4] = 2  # Item 1 has no visible pixel; item 2 covers rows 1-4, cols 1-3.
   scene = {'image': np.zeros((8, 8, 1), np.uint8), 'classes': np.array([1, 2], np.int32),
-           'boxes': np.array([[0, 0, 0, 0], [1, 1, 4, 5]], np.float32),
-           'visible': np.array([0, 1], np.float32)}
+           'instances': instances, 'visible': np.array([0, 1], np.float32)}
   example, left_out = detection_sources.scene_example(scene, min_visible=0.0)
   np.testing.assert_array_equal(example['boxes'], [[1, 1, 4, 5]])
   assert example['classes'].tolist() == [2] and left_out == 1

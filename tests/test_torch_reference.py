@@ -172,3 +172,41 @@ def test_inverted_residual_matches_torch(expand, strides, in_ch, out_ch):
 
   for train in (False, True):  # Eval first: torch's train mode updates its statistics.
     _check(module, Ref(), x, v, train=train)
+
+
+def test_yolo_loss_matches_the_pytorch_twin(box_loss='ciou', assign_threshold=0.213):
+  """tasks.yolo_loss and benchmarks/torch_yolo.py (an independent, batch-vectorised
+  PyTorch implementation) on the same raw predictions: a duplicated box (collision),
+  a centre outside the image, padding and an image without boxes; value and gradient."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from benchmarks import torch_yolo  # pylint: disable=import-outside-toplevel
+  from tasks import yolo_loss  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(1)
+  anchors = ((10, 8), (13, 22), (24, 16), (22, 25), (18, 37), (35, 19), (27, 36), (38, 29),
+             (36, 42))
+  b, m, num_classes, size = 3, 6, 4, 64
+  raws = [rng.normal(size=(b, size // s, size // s, 3, 5 + num_classes)).astype(np.float32)
+          for s in (8, 16, 32)]
+  x, y = np.sort(rng.uniform(0, size, (2, b, m, 2)), axis=-1)
+  boxes = np.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], -1).astype(np.float32)
+  boxes[:, 4] = boxes[:, 1]
+  boxes[0, 3] = [-3, 60, 10, 70]
+  classes = rng.integers(0, num_classes, (b, m)).astype(np.int32)
+  mask = (rng.uniform(size=(b, m)) < 0.8).astype(np.float32)
+  mask[2] = 0
+  loss = yolo_loss.YoloLoss(anchors, box_loss=box_loss, assign_threshold=assign_threshold)
+  fn = lambda r: loss(r, jnp.asarray(boxes), jnp.asarray(classes), jnp.asarray(mask),
+                      (size, size))['loss'].mean()
+  value, grads = jax.jit(jax.value_and_grad(fn))(tuple(map(jnp.asarray, raws)))
+  leaves = [torch.tensor(r, requires_grad=True) for r in raws]
+  config = ml_collections.ConfigDict(dict(
+      box_loss=box_loss, ignore_threshold=0.5, box_weight=1.0, obj_weight=1.0, cls_weight=1.0,
+      assign_threshold=assign_threshold))
+  torch_value = torch_yolo.yolo_loss(leaves, torch.tensor(boxes), torch.tensor(classes).long(),
+                                     torch.tensor(mask), torch.tensor(anchors).float(), config,
+                                     (size, size))
+  torch_value.backward()
+  np.testing.assert_allclose(float(value), float(torch_value), rtol=1e-5)
+  for g, leaf in zip(grads, leaves):
+    np.testing.assert_allclose(np.asarray(g), leaf.grad.numpy(), atol=1e-5)

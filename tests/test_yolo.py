@@ -64,10 +64,11 @@ def _iou(a, b):
   return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def _assign(boxes, mask=None):
+def _assign(boxes, mask=None, threshold=0.0):
   boxes = jnp.asarray(boxes, jnp.float32)
   mask = jnp.ones(len(boxes)) if mask is None else jnp.asarray(mask, jnp.float32)
-  maps = yolo_loss.assign(boxes, mask, jnp.asarray(ANCHORS, jnp.float32), GRIDS, yolo.STRIDES)
+  maps = yolo_loss.assign(boxes, mask, jnp.asarray(ANCHORS, jnp.float32), GRIDS, yolo.STRIDES,
+                          threshold)
   return [np.asarray(m) for m in maps]
 
 
@@ -91,6 +92,12 @@ def test_assignment_on_hand_made_cases():
   # Padding boxes are never assigned.
   assert _positives(_assign([[12, 12, 20, 20], [40, 0, 56, 32]], mask=[0, 1])) == [
       (1, 1, 3, 2, 1)]
+  # YOLOv4's multiple anchors: a 12x12 box has shape IoU 1 with (12, 12), 96/176 = 0.545
+  # with (16, 8), 64/144 = 0.444 with (8, 8) and 0.25 with (24, 24); t = 0.4 takes the
+  # first three, t = 0.5 the first two.
+  box = [[10, 10, 22, 22]]
+  assert _positives(_assign(box, threshold=0.4)) == [(0, 2, 2, a, 0) for a in (0, 1, 2)]
+  assert _positives(_assign(box, threshold=0.5)) == [(0, 2, 2, a, 0) for a in (1, 2)]
 
 
 def test_objectness_ignores_unassigned_predictions_that_overlap_a_box():
