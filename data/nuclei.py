@@ -41,17 +41,11 @@ and 7 at column 384):
   test          65536           11130    0.1698      30                        64 /  16 / 4
 """
 
-import glob
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
 
 import numpy as np
 
-from data import sources
+from data import sources, wheels
 
 DEFAULT_DIR = os.path.expanduser(
     os.environ.get('STARDIST_NUCLEI_DIR', '~/.cache/jax_classics/stardist_nuclei'))
@@ -63,28 +57,13 @@ CLASS_NAMES = ('background', 'nucleus')  # Label values 0 and 1.
 SPLITS = {'train': (0, 5 / 8), 'validation': (5 / 8, 3 / 4), 'test': (3 / 4, 1)}
 # The wheel is pinned to one platform so pip never falls back to building the sdist; the two
 # image files are the same in every platform's wheel.
-_PIP_DOWNLOAD = ('-m', 'pip', 'download', '--no-deps', '--only-binary=:all:',
+_PIP_DOWNLOAD = ('--no-deps', '--only-binary=:all:',
                  '--python-version=3.11', '--implementation=cp', '--abi=cp311',
                  '--platform=manylinux_2_28_x86_64', f'stardist=={STARDIST_VERSION}')
 MANUAL_HELP = (f'By hand: `pip download --no-deps stardist=={STARDIST_VERSION} -d /tmp/sd` '
                '(any platform\'s wheel), then `python -m data.prepare --dataset=stardist_nuclei '
                '--wheel=/tmp/sd/stardist-0.9.2-<tags>.whl [--data_dir=DIR]`; or unzip '
                'stardist/data/images/img2d.tif and mask2d.tif from the wheel into DIR.')
-
-
-def _download_wheel(directory: str) -> str:
-  """pip-downloads the stardist wheel into `directory`; returns its path."""
-  command = [sys.executable, *_PIP_DOWNLOAD, '-d', directory]
-  try:
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-  except OSError as e:
-    raise RuntimeError(f'Could not run {" ".join(command)} ({e}). {MANUAL_HELP}') from e
-  wheels = glob.glob(os.path.join(directory, f'stardist-{STARDIST_VERSION}-*.whl'))
-  if result.returncode != 0 or not wheels:
-    tail = '\n'.join((result.stderr or result.stdout).strip().splitlines()[-5:])
-    raise RuntimeError(f'`{" ".join(command)}` failed (exit {result.returncode}):\n{tail}\n'
-                       + MANUAL_HELP)
-  return wheels[0]
 
 
 def prepare(directory: str = DEFAULT_DIR, wheel: str | None = None) -> str:
@@ -104,28 +83,9 @@ def prepare(directory: str = DEFAULT_DIR, wheel: str | None = None) -> str:
     ValueError: the wheel lacks one of the two files, or they are not a matching pair.
     FileNotFoundError: `wheel` does not exist.
   """
-  directory = os.path.expanduser(directory)
-  if all(os.path.exists(os.path.join(directory, name)) for name in WHEEL_MEMBERS):
-    return directory
-  os.makedirs(directory, exist_ok=True)
-  with tempfile.TemporaryDirectory() as tmp:
-    if wheel is None:
-      wheel = _download_wheel(tmp)
-    if not os.path.exists(wheel):
-      raise FileNotFoundError(f'No stardist wheel at {wheel}. {MANUAL_HELP}')
-    with zipfile.ZipFile(wheel) as archive:
-      missing = [m for m in WHEEL_MEMBERS.values() if m not in archive.namelist()]
-      if missing:
-        raise ValueError(f'{wheel} does not contain {missing}; use the stardist=='
-                         f'{STARDIST_VERSION} wheel. {MANUAL_HELP}')
-      for name, member in WHEEL_MEMBERS.items():
-        partial = os.path.join(tmp, name)
-        with archive.open(member) as src, open(partial, 'wb') as dst:
-          shutil.copyfileobj(src, dst)
-    load(tmp)  # Validates the pair before anything lands in `directory`.
-    for name in WHEEL_MEMBERS:  # Moved last, so an interrupted run leaves no partial pair.
-      shutil.move(os.path.join(tmp, name), os.path.join(directory, name))
-  return directory
+  return wheels.extract(directory, wheel, WHEEL_MEMBERS, load,
+                        package=f'stardist-{STARDIST_VERSION}', pip_args=_PIP_DOWNLOAD,
+                        manual_help=MANUAL_HELP)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

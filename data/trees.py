@@ -68,18 +68,12 @@ of these sizes, so none is lost.
 (empty tiles at 320 / 400: 18 / 3 in both tiled splits.)
 """
 
-import glob
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import xml.etree.ElementTree as ET
-import zipfile
 
 import numpy as np
 
-from data import sources
+from data import sources, wheels
 
 DEFAULT_DIR = os.path.expanduser(
     os.environ.get('NEON_TREES_DIR', '~/.cache/jax_classics/neon_trees'))
@@ -100,7 +94,7 @@ MIN_KEPT = 0.5  # A box keeps a tile when this fraction of its area is inside it
 _MEMBER = 'deepforest/data/{}'
 # deepforest is pure Python (py3-none-any); the Python version is pinned so pip accepts
 # the wheel's Requires-Python from any interpreter, and binaries only, never the sdist.
-_PIP_DOWNLOAD = ('-m', 'pip', 'download', '--no-deps', '--only-binary=:all:',
+_PIP_DOWNLOAD = ('--no-deps', '--only-binary=:all:',
                  '--python-version=3.11', f'deepforest=={DEEPFOREST_VERSION}')
 MANUAL_HELP = (f'By hand: `pip download --no-deps deepforest=={DEEPFOREST_VERSION} -d /tmp/df`, '
                'then `python -m data.prepare --dataset=neon_trees --wheel=/tmp/df/'
@@ -165,21 +159,6 @@ def _read_example(png: str, xml: str) -> dict:
   return {'image': image, 'boxes': boxes, 'classes': np.zeros(len(boxes), np.int32)}
 
 
-def _download_wheel(directory: str) -> str:
-  """pip-downloads the deepforest wheel into `directory`; returns its path."""
-  command = [sys.executable, *_PIP_DOWNLOAD, '-d', directory]
-  try:
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-  except OSError as e:
-    raise RuntimeError(f'Could not run {" ".join(command)} ({e}). {MANUAL_HELP}') from e
-  wheels = glob.glob(os.path.join(directory, f'deepforest-{DEEPFOREST_VERSION}-*.whl'))
-  if result.returncode != 0 or not wheels:
-    tail = '\n'.join((result.stderr or result.stdout).strip().splitlines()[-5:])
-    raise RuntimeError(f'`{" ".join(command)}` failed (exit {result.returncode}):\n{tail}\n'
-                       + MANUAL_HELP)
-  return wheels[0]
-
-
 def _files(name: str) -> tuple[str, str]:
   return f'{name}.png', f'{name}.xml'
 
@@ -204,30 +183,14 @@ def prepare(directory: str = DEFAULT_DIR, wheel: str | None = None) -> str:
     ValueError: the wheel lacks a file, or an image and its XML disagree.
     FileNotFoundError: `wheel` does not exist.
   """
-  directory = os.path.expanduser(directory)
-  files = [f for name in IMAGES for f in _files(name)]
-  if all(os.path.exists(os.path.join(directory, f)) for f in files):
-    return directory
-  os.makedirs(directory, exist_ok=True)
-  with tempfile.TemporaryDirectory() as tmp:
-    if wheel is None:
-      wheel = _download_wheel(tmp)
-    if not os.path.exists(wheel):
-      raise FileNotFoundError(f'No deepforest wheel at {wheel}. {MANUAL_HELP}')
-    with zipfile.ZipFile(wheel) as archive:
-      members = set(archive.namelist())
-      missing = [_MEMBER.format(f) for f in files if _MEMBER.format(f) not in members]
-      if missing:
-        raise ValueError(f'{wheel} does not contain {missing}; use the deepforest=='
-                         f'{DEEPFOREST_VERSION} wheel. {MANUAL_HELP}')
-      for f in files:
-        with archive.open(_MEMBER.format(f)) as src, open(os.path.join(tmp, f), 'wb') as dst:
-          shutil.copyfileobj(src, dst)
-    for name in IMAGES:  # Validates every pair before anything lands in `directory`.
-      _read_example(*(os.path.join(tmp, f) for f in _files(name)))
-    for f in files:  # Moved last, so an interrupted run is redone by the next call.
-      shutil.move(os.path.join(tmp, f), os.path.join(directory, f))
-  return directory
+  def validate(folder):  # Every image with its XML, before anything lands in `directory`.
+    for name in IMAGES:
+      _read_example(*(os.path.join(folder, f) for f in _files(name)))
+
+  members = {f: _MEMBER.format(f) for name in IMAGES for f in _files(name)}
+  return wheels.extract(directory, wheel, members, validate,
+                        package=f'deepforest-{DEEPFOREST_VERSION}', pip_args=_PIP_DOWNLOAD,
+                        manual_help=MANUAL_HELP)
 
 
 def load(directory: str = DEFAULT_DIR, names=None) -> dict[str, dict]:

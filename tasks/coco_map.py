@@ -112,6 +112,21 @@ def _image_ids(counts: Sequence[int]) -> np.ndarray:
   return np.repeat(np.arange(1, len(counts) + 1), counts)
 
 
+def _annotations(boxes: list, classes: list, **fields) -> list:
+  """COCO annotation dicts of per-image boxes [n_i, 4] and classes [n_i] (0-based), with
+  per-box `fields` (name -> per-image arrays), numbered from 1 in image order."""
+  image_ids = _image_ids([len(b) for b in boxes])
+  if not len(image_ids):
+    return []
+  xywh = _xywh(np.concatenate(boxes))
+  columns = {name: np.concatenate(values).tolist() for name, values in fields.items()}
+  return [{'id': k + 1, 'image_id': image, 'category_id': c + 1, 'bbox': box,
+           'area': box[2] * box[3], **{name: column[k] for name, column in columns.items()}}
+          for k, (image, c, box) in enumerate(zip(image_ids.tolist(),
+                                                  np.concatenate(classes).tolist(),
+                                                  xywh.tolist()))]
+
+
 def _ground_truth_annotations(ground_truth, num_classes: int) -> list:
   boxes, classes, difficult = [], [], []
   for i, g in enumerate(ground_truth):
@@ -122,16 +137,7 @@ def _ground_truth_annotations(ground_truth, num_classes: int) -> list:
     if d.shape[0] != len(b):
       raise ValueError(f'ground_truth[{i}] has {len(b)} boxes but {d.shape[0]} difficult flags')
     difficult.append(d)
-  image_ids = _image_ids([len(b) for b in boxes])
-  if not len(image_ids):
-    return []
-  xywh = _xywh(np.concatenate(boxes))
-  area = xywh[:, 2] * xywh[:, 3]
-  return [{'id': k, 'image_id': image, 'category_id': c + 1, 'bbox': box, 'area': a,
-           'iscrowd': int(crowd)}
-          for k, (image, c, box, a, crowd) in enumerate(
-              zip(image_ids.tolist(), np.concatenate(classes).tolist(), xywh.tolist(),
-                  area.tolist(), np.concatenate(difficult).tolist()), start=1)]
+  return _annotations(boxes, classes, iscrowd=[d.astype(np.int64) for d in difficult])
 
 
 def _detection_annotations(detections, num_classes: int, max_detections: int) -> list:
@@ -150,16 +156,8 @@ def _detection_annotations(detections, num_classes: int, max_detections: int) ->
     boxes.append(b)
     scores.append(s)
     classes.append(c)
-  image_ids = _image_ids([len(b) for b in boxes])
-  if not len(image_ids):
-    return []
-  xywh = _xywh(np.concatenate(boxes))
-  area = xywh[:, 2] * xywh[:, 3]
-  return [{'id': k, 'image_id': image, 'category_id': c + 1, 'bbox': box, 'area': a,
-           'score': score, 'iscrowd': 0}
-          for k, (image, c, box, a, score) in enumerate(
-              zip(image_ids.tolist(), np.concatenate(classes).tolist(), xywh.tolist(),
-                  area.tolist(), np.concatenate(scores).tolist()), start=1)]
+  return _annotations(boxes, classes, score=scores,
+                      iscrowd=[np.zeros(len(b), np.int64) for b in boxes])
 
 
 def _mean_defined(values: np.ndarray) -> float:

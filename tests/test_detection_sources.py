@@ -14,7 +14,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from data import box_augment, detection_sources, scenes, sources, trees
+from data import box_augment, detection_sources, scenes, sources, trees, wheels
 from tests.conftest import make_fashion_mnist_dir
 
 YELL_BIG, YELL_SMALL = trees.IMAGES[:2]
@@ -145,7 +145,7 @@ def test_prepare_rejects_incomplete_or_inconsistent_wheels(tmp_path):
 
 def test_failed_pip_download_says_how_to_do_it_by_hand(tmp_path, monkeypatch):
   failed = subprocess.CompletedProcess([], 1, stdout='', stderr='ERROR: no network')
-  monkeypatch.setattr(trees.subprocess, 'run', lambda *a, **k: failed)
+  monkeypatch.setattr(wheels.subprocess, 'run', lambda *a, **k: failed)
   with pytest.raises(RuntimeError, match=r'(?s)no network.*pip download --no-deps deepforest'):
     trees.prepare(str(tmp_path / 'data'))
 

