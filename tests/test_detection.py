@@ -199,3 +199,24 @@ def test_offline_config_overfits_a_few_scenes():
                 for i in range(8)]
   result = coco_map.evaluate(examples, detections, 10)
   assert result['AP50'] > 0.9, result
+
+
+def test_augmented_training_batches_resume_exactly():
+  """Mosaic, affine, flip and jitter on: the iterator's saved state restores the same
+  next batch (what a resumed run sees)."""
+  config = _shrink(yolov3_fashion_mnist_scenes.get_config())
+  config.augment.mosaic_prob, config.augment.brightness = 0.5, 0.3
+  config.augment.scale_range, config.augment.translate = (0.5, 1.5), 0.2
+  _, examples, _ = _scene_batch(n=12)
+  source = _Source(examples)
+  iterator = detection.train_iterator(config, source, 'fake', 10)
+  for _ in range(3):
+    next(iterator)
+  state = iterator.get_state()
+  expected = next(iterator)
+  resumed = detection.train_iterator(config, source, 'fake', 10)
+  resumed.set_state(state)
+  got = next(resumed)
+  for key in expected:
+    np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+  assert expected['box_mask'].sum() > 0

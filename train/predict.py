@@ -4,12 +4,14 @@ whole eval split. What an input is depends on the task (tasks/<task>.predict_cli
   python -m train.predict --config=configs/transformer_g2p.py --text=hello --text=jax
   python -m train.predict --config=configs/unetpp_fashion_mnist_scenes.py \
       --image=scene.png [--out=overlay.png]
+  python -m train.predict --config=configs/yolov3_fashion_mnist_scenes.py \
+      --image=scene.png [--out=boxes.png]
   python -m train.predict --config=configs/transformer_g2p.py --eval \
       [--split=test] [--config.decode.beam_size=4] [--average_last=3] \
       [--workdir=runs/transformer_g2p]
 
 --eval runs the task's evaluators (decoding + WER/PER or BLEU, the segmentation
-confusion matrix, ...) over every example of the --split eval set ('test':
+confusion matrix, detections + COCO AP, ...) over every example of the --split eval set ('test':
 config.data.test_split, 'validation': config.data.validation_split) and prints their
 metrics and the speed in examples (words, sentences, images) per second,
 compilation excluded.
