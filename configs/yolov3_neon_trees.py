@@ -34,13 +34,14 @@ def get_config():
   c.anchors = ((12.3, 12.6), (18.0, 18.0), (21.3, 27.1),  # stride 8
                (27.7, 26.8), (37.3, 27.4), (31.6, 35.9),  # stride 16
                (40.1, 39.3), (47.5, 49.6), (63.8, 68.1))  # stride 32
+  c.loss.assign_threshold = 0.213  # YOLOv4's multiple anchors per box (as the scenes').
   c.augment.flip = True
   c.augment.scale_range = (0.8, 1.25)
   c.augment.translate = 0.1
   c.augment.brightness = c.augment.contrast = c.augment.saturation = 0.2
   c.batch_size = 8
   c.eval_batch_size = 8
-  c.num_train_steps = 300
+  c.num_train_steps = 500
   c.num_epochs = -1.0
   c.learning_rate = 2e-3
   c.warmup_steps = 50
