@@ -23,13 +23,19 @@ from torch import nn
 from benchmarks import torch_timing
 from nets import mobilenet_v2, resnet
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
-_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after warm-up steps).')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 32, 'Input side in pixels.')
-_CHANNELS_LAST = flags.DEFINE_bool('channels_last', False, 'torch.channels_last memory format.')
-_DEVICE = flags.DEFINE_string('device', 'cuda' if torch.cuda.is_available() else 'cpu',
-                              'torch device.')
-flags.mark_flags_as_required(['config'])
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The flags of the torch_* CNN baselines, defined only when one runs as a script, so
+  that its modules import next to other flag-defining modules (tests, torch_yolo)."""
+  config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+  flags.DEFINE_integer('steps', 10, 'Timed steps (after warm-up steps).')
+  flags.DEFINE_integer('image_size', 32, 'Input side in pixels.')
+  flags.DEFINE_bool('channels_last', False, 'torch.channels_last memory format.')
+  flags.DEFINE_string('device', 'cuda' if torch.cuda.is_available() else 'cpu',
+                      'torch device.')
+  flags.mark_flags_as_required(['config'])
 
 
 def conv_bn(cin, cout, k, stride=1, groups=1, act=nn.ReLU):
@@ -111,16 +117,16 @@ def build(config, classes):
 
 def main(argv):
   del argv
-  c = _CONFIG.value
+  c = FLAGS.config
   classes = 1000 if c.data.name == 'imagenet2012' else 10
   model = build(c, classes)
   opt = torch.optim.SGD(model.parameters(), lr=c.learning_rate, momentum=c.optim.momentum,
                         nesterov=c.optim.nesterov, weight_decay=c.optim.weight_decay)
-  size, device = _IMAGE_SIZE.value, torch.device(_DEVICE.value)
+  size, device = FLAGS.image_size, torch.device(FLAGS.device)
   x = torch.randn(c.batch_size, c.model.num_channels, size, size, device=device)
   y = torch.randint(0, classes, (c.batch_size,), device=device)
   model = model.to(device)
-  if _CHANNELS_LAST.value:
+  if FLAGS.channels_last:
     model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
   torch.backends.cudnn.benchmark = True
   bf16 = c.compute_dtype == 'bfloat16' and device.type == 'cuda'
@@ -132,14 +138,15 @@ def main(argv):
     loss.backward()
     opt.step()
 
-  step_s = torch_timing.seconds_per_step(step, _STEPS.value, 2, device)
+  step_s = torch_timing.seconds_per_step(step, FLAGS.steps, 2, device)
   print(json.dumps({'framework': f'torch {torch.__version__}', 'threads': torch.get_num_threads(),
                     'device': str(device), 'bfloat16_autocast': bf16, 'model': c.model.name, 'image_size': size,
-                    'channels_last': _CHANNELS_LAST.value,
+                    'channels_last': FLAGS.channels_last,
                     'params': sum(p.numel() for p in model.parameters()),
                     'batch_size': c.batch_size, 'step_ms': round(step_s * 1e3, 2),
                     'examples_per_s': round(c.batch_size / step_s, 1)}))
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -57,12 +57,17 @@ from data import detection_sources
 from nets import darknet, mobilenet_v2, resnet, yolo
 from tasks import yolo_loss as yolo_loss_lib
 
-# Importing benchmarks.torch_cnn defines --config (required), --steps (timed steps,
-# default 10), --image_size, --channels_last and --device; they are shared here, with
-# --image_size defaulting to the config's data.image_size when not given.
 FLAGS = flags.FLAGS
-_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed warm-up steps.')
-_THREADS = flags.DEFINE_integer('threads', 0, "torch.set_num_threads; 0: torch's default.")
+
+
+def define_flags() -> None:
+  """torch_cnn's flags (--config, --steps, --image_size, --channels_last, --device;
+  --image_size defaults here to the config's data.image_size when not given) plus
+  --warmup and --threads; defined only when run as a script."""
+  torch_cnn.define_flags()
+  flags.DEFINE_integer('warmup', 2, 'Untimed warm-up steps.')
+  flags.DEFINE_integer('threads', 0, "torch.set_num_threads; 0: torch's default.")
+
 
 NUM_BOXES = 4  # Real boxes per image, as tasks.detection.bench_inputs.
 
@@ -377,8 +382,8 @@ def random_batch(batch_size, size, channels, num_classes, max_boxes, rng):
 def main(argv):
   del argv
   c = FLAGS.config
-  if _THREADS.value:
-    torch.set_num_threads(_THREADS.value)
+  if FLAGS.threads:
+    torch.set_num_threads(FLAGS.threads)
   torch.manual_seed(0)
   size = FLAGS.image_size if FLAGS['image_size'].present else c.data.image_size
   if size % 32:
@@ -409,7 +414,7 @@ def main(argv):
       nn.utils.clip_grad_norm_(model.parameters(), c.optim.grad_clip_norm)
     opt.step()
 
-  step_s = torch_timing.seconds_per_step(step, FLAGS.steps, _WARMUP.value, device)
+  step_s = torch_timing.seconds_per_step(step, FLAGS.steps, FLAGS.warmup, device)
   print(json.dumps({'framework': f'torch {torch.__version__}', 'threads': torch.get_num_threads(),
                     'device': str(device), 'bfloat16_autocast': bf16, 'model': c.model.name,
                     'input_shape': [size, size, channels], 'box_loss': c.loss.box_loss,
@@ -420,4 +425,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
