@@ -13,7 +13,6 @@ nets/mobilenet_v2.py layer for layer; the printed parameter count equals the JAX
 entropy, backward, SGD (+ momentum, coupled weight decay) update.
 """
 
-import json
 
 import torch
 from absl import app, flags
@@ -139,12 +138,8 @@ def main(argv):
     opt.step()
 
   step_s = torch_timing.seconds_per_step(step, FLAGS.steps, 2, device)
-  print(json.dumps({'framework': f'torch {torch.__version__}', 'threads': torch.get_num_threads(),
-                    'device': str(device), 'bfloat16_autocast': bf16, 'model': c.model.name, 'image_size': size,
-                    'channels_last': FLAGS.channels_last,
-                    'params': sum(p.numel() for p in model.parameters()),
-                    'batch_size': c.batch_size, 'step_ms': round(step_s * 1e3, 2),
-                    'examples_per_s': round(c.batch_size / step_s, 1)}))
+  print(torch_timing.result_line(step_s, c.batch_size, c.model.name, model, device, bf16,
+                                 image_size=size, channels_last=FLAGS.channels_last))
 
 
 if __name__ == '__main__':

@@ -43,7 +43,6 @@ Sec. 2.1-2.4):
 """
 
 import functools
-import json
 import math
 
 import numpy as np
@@ -415,13 +414,9 @@ def main(argv):
     opt.step()
 
   step_s = torch_timing.seconds_per_step(step, FLAGS.steps, FLAGS.warmup, device)
-  print(json.dumps({'framework': f'torch {torch.__version__}', 'threads': torch.get_num_threads(),
-                    'device': str(device), 'bfloat16_autocast': bf16, 'model': c.model.name,
-                    'input_shape': [size, size, channels], 'box_loss': c.loss.box_loss,
-                    'channels_last': FLAGS.channels_last,
-                    'params': sum(p.numel() for p in model.parameters()),
-                    'batch_size': c.batch_size, 'step_ms': round(step_s * 1e3, 2),
-                    'examples_per_s': round(c.batch_size / step_s, 1)}))
+  print(torch_timing.result_line(step_s, c.batch_size, c.model.name, model, device, bf16,
+                                 input_shape=[size, size, channels], box_loss=c.loss.box_loss,
+                                 channels_last=FLAGS.channels_last))
 
 
 if __name__ == '__main__':
