@@ -315,18 +315,26 @@ def letterbox(example: dict, size, fill=0) -> tuple[dict, dict]:
   left) pixels; 'image_size': (h, w) of the input}, for unletterbox_boxes.
   """
   image = _image(example)
-  h, w = image.shape[:2]
+  info = letterbox_info(image.shape[0], image.shape[1], size)
+  (top, left), (h, w) = info['pad'], info['image_size']
+  rh, rw = round(info['scale_yx'][0] * h), round(info['scale_yx'][1] * w)
   out_h, out_w = _size(size, 'size')
-  scale = min(out_h / h, out_w / w)
-  rh, rw = min(out_h, max(1, round(h * scale))), min(out_w, max(1, round(w * scale)))
-  top, left = (out_h - rh) // 2, (out_w - rw) // 2
   canvas = _canvas(out_h, out_w, image.shape[-1], fill)
   resized, boxes = _resize_with_boxes(example, rh, rw)
   _paste(canvas, resized, top, left)
   boxes = (boxes + np.array([left, top, left, top])).astype(np.float32)
-  info = {'scale': scale, 'scale_yx': (rh / h, rw / w), 'pad': (top, left),
-          'image_size': (h, w)}
   return {**example, 'image': canvas, 'boxes': boxes}, info
+
+
+def letterbox_info(h: int, w: int, size) -> dict:
+  """The geometry of `letterbox` for an h x w image, computed without the image (e.g.
+  to map predictions back to an image that was letterboxed elsewhere): the info dict
+  `letterbox` returns."""
+  out_h, out_w = _size(size, 'size')
+  scale = min(out_h / h, out_w / w)
+  rh, rw = min(out_h, max(1, round(h * scale))), min(out_w, max(1, round(w * scale)))
+  return {'scale': scale, 'scale_yx': (rh / h, rw / w),
+          'pad': ((out_h - rh) // 2, (out_w - rw) // 2), 'image_size': (h, w)}
 
 
 def unletterbox_boxes(boxes: np.ndarray, info: dict, clip: bool = True) -> np.ndarray:

@@ -220,7 +220,8 @@ class DetectionData:
     'difficult' [n] bool}, a function mapping [m, 4] boxes in input pixels back to the
     original image's pixels)."""
     example = self.eval_sources[role][index]
-    info = letterboxed(example, self.config.data.image_size)[1]
+    h, w = example['image'].shape[:2]
+    info = box_augment.letterbox_info(h, w, self.config.data.image_size)  # No resize.
     n = len(example['classes'])
     truth = {'boxes': example['boxes'], 'classes': example['classes'],
              'difficult': example.get('difficult', np.zeros(n, bool))}
