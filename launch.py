@@ -1,11 +1,16 @@
-r"""Trains a model described by a config file.
+r"""Trains a model described by a config file, or evaluates a run's checkpoint.
 
   python launch.py --config=configs/vit_fashion_mnist.py [--workdir=runs/NAME] \
       [--config.batch_size=256 --config.learning_rate=3e-3 ...]
+  python launch.py --config=configs/vit_fashion_mnist.py --mode=eval \
+      [--checkpoint=best|last|STEP] [--split=test|validation] [--workdir=runs/NAME]
 
 Any config field can be overridden with --config.FIELD=VALUE. Runs resume from the
-checkpoints in --workdir. Multi-process (multi-host) jobs are detected from SLURM /
-Open MPI / JAX coordinator variables, or asked for with --coordinator_address.
+checkpoints in --workdir. --mode=eval evaluates one checkpoint on the whole --split
+eval set (any dataset split via --config.data.test_split=...) and writes
+<workdir>/eval/<split>_step<N>.json; it creates, moves or changes nothing else.
+Multi-process (multi-host) jobs are detected from SLURM / Open MPI / JAX coordinator
+variables, or asked for with --coordinator_address.
 """
 
 import os
@@ -16,6 +21,11 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default runs/<config name>).')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                          'train: train (resuming) then test; eval: evaluate one checkpoint.')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', 'best', "--mode=eval: 'best' (on validation; "
+                                  "the last one without validation metrics), 'last' or a step.")
+_SPLIT = flags.DEFINE_enum('split', 'test', ['validation', 'test'], '--mode=eval: the eval set.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'host:port of process 0; starts a multi-process job.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
@@ -33,7 +43,7 @@ def _cluster_detected() -> bool:
 def main(argv):
   del argv
   import jax  # pylint: disable=import-outside-toplevel
-  from train import reporting, trainer  # pylint: disable=import-outside-toplevel
+  from train import reporting, restore, trainer  # pylint: disable=import-outside-toplevel
   reporting.quiet_library_logs()
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -44,7 +54,10 @@ def main(argv):
   workdir = _WORKDIR.value or os.path.join('runs', name)
   logging.info('Process %d/%d, %d devices: %s; workdir %s', jax.process_index(),
                jax.process_count(), jax.device_count(), jax.devices()[0].platform, workdir)
-  trainer.run(_CONFIG.value, workdir)
+  if _MODE.value == 'eval':
+    restore.evaluate_checkpoint(_CONFIG.value, workdir, _CHECKPOINT.value, _SPLIT.value)
+  else:
+    trainer.run(_CONFIG.value, workdir)
 
 
 if __name__ == '__main__':

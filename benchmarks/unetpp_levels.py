@@ -23,6 +23,7 @@ from absl import app, flags
 from nets import unet
 from tasks import common
 from train import predict, reporting  # Defines --config, --workdir and --split.
+from train.restore import Predictor
 
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed predictions of one batch per level.')
 
@@ -31,7 +32,7 @@ def measure(config, workdir: str, level: int, split: str, repeats: int) -> dict:
   """One level's parameters, GFLOPs per image, eval metrics and images/s."""
   config = copy.deepcopy(config)
   config.inference.level = level
-  predictor = predict.Predictor(config, workdir)
+  predictor = Predictor(config, workdir)
   metrics = predictor.timed_eval(split)
   batch = next(iter(predictor.data.eval_batches(split)))
   predictor.predict_batch(batch)  # Compiles.

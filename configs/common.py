@@ -54,6 +54,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 1000       # Validation-split evaluation interval; 0: at the end only.
   c.checkpoint_every_steps = 1000  # 0: checkpoint only at the end (and on SIGTERM).
   c.log_every_steps = 100         # Train metrics are fetched from the device only here.
+  c.init_from = ''                # A converted weight directory (python -m pretrained.convert)
+                                  # loaded into a fresh run (not at a resume); see pretrained/.
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'vit_custom'     # A name from nets.REGISTRY; other fields go to the model.

@@ -19,6 +19,8 @@ DATASETS = {
     'cifar100': dict(num_classes=100, image_shape=(32, 32, 3)),
     'fashion_mnist': dict(num_classes=10, image_shape=(28, 28, 1)),
     'imagenet2012': dict(num_classes=1000, image_shape=None),
+    'oxford_flowers102': dict(num_classes=102, image_shape=None),  # Fine-tuning targets.
+    'oxford_iiit_pet': dict(num_classes=37, image_shape=None),
 }
 _SLICE = re.compile(r'^(\w+)(?:\[(-?\d*%?):(-?\d*%?)\])?$')
 

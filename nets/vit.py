@@ -12,6 +12,7 @@ Named variants (Table 1): Ti (192/12/768/3), S (384/12/1536/6),
 B (768/12/3072/12), L (1024/24/4096/16) as (width/depth/mlp/heads).
 """
 
+import functools
 import math
 from typing import Any
 
@@ -36,6 +37,7 @@ class EncoderBlock(nn.Module):
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   drop_path_rate: float = 0.0
+  approximate_gelu: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -48,8 +50,9 @@ class EncoderBlock(nn.Module):
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     x = x + drop_path(y, deterministic=deterministic)
     y = nn.LayerNorm(dtype=self.dtype, name='ln_mlp')(x)
-    y = layers.MlpBlock(self.mlp_dim, self.dropout_rate, dtype=self.dtype, name='mlp')(
-        y, deterministic=deterministic)
+    gelu = functools.partial(nn.gelu, approximate=self.approximate_gelu)
+    y = layers.MlpBlock(self.mlp_dim, self.dropout_rate, activation=gelu, dtype=self.dtype,
+                        name='mlp')(y, deterministic=deterministic)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     return x + drop_path(y, deterministic=deterministic)
 
@@ -85,6 +88,10 @@ class VisionTransformer(nn.Module):
       rate * i / (num_layers - 1) (linear rule of Huang et al. 2016).
     classifier: 'token' (class token) or 'gap' (mean over patch tokens).
     num_channels: expected input channels (checked).
+    approximate_gelu: the MLP's GELU as the tanh approximation (True: Flax's `nn.gelu`
+      default, what the original JAX ViT and big_vision compute) or exact with erf
+      (False: `torch.nn.GELU()`, what timm's ViT computes; set by an imported timm
+      state_dict so the model computes what timm does). Parameters are the same.
     dtype: compute dtype; parameters stay float32.
   """
   num_classes: int
@@ -99,6 +106,7 @@ class VisionTransformer(nn.Module):
   drop_path_rate: float = 0.0
   classifier: str = 'token'
   num_channels: int = 3
+  approximate_gelu: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -138,8 +146,8 @@ class VisionTransformer(nn.Module):
     for i in range(self.num_layers):
       rate = self.drop_path_rate * i / max(self.num_layers - 1, 1)
       x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
-                       self.attention_dropout_rate, rate, dtype=self.dtype,
-                       name=f'encoder_block_{i}')(x, deterministic=deterministic)
+                       self.attention_dropout_rate, rate, self.approximate_gelu,
+                       dtype=self.dtype, name=f'encoder_block_{i}')(x, deterministic=deterministic)
     x = nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
     x = x[:, 0] if self.classifier == 'token' else x.mean(axis=1)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,

@@ -17,7 +17,7 @@ from data import detection, detection_sources, pipeline, scenes
 from tasks import coco_map
 from tasks import detection as detection_task
 from tests import test_detection_sources as fakes
-from train import parallel, predict, trainer
+from train import parallel, restore, trainer
 
 TINY = dict(name='yolov3_resnet18', width=0.125, neck_width=0.0625)
 
@@ -137,7 +137,7 @@ def test_voc_config_end_to_end_with_an_image_without_boxes_and_predict_draws(tmp
     assert metrics['test']['num_examples'] == 5
     assert {'AP', 'AP50', 'AP75', 'AR100', 'AP50/person'} <= set(metrics['test'])
     assert np.isfinite(metrics['test']['loss'])
-    predictor = predict.Predictor(config, workdir)
+    predictor = restore.Predictor(config, workdir)
     image_path = tmp_path / 'photo.png'
     Image.fromarray(rng.integers(0, 255, (30, 50, 3), np.uint8)).save(image_path)
     detection_task.predict_cli(config, predictor.data, predictor.predict_batch,

@@ -17,7 +17,7 @@ from PIL import Image
 from configs import unetpp_fashion_mnist_scenes, unetpp_oxford_pets
 from data import pipeline
 from tasks import confusion, dense_losses, segmentation
-from train import parallel, predict, trainer
+from train import parallel, restore, trainer
 from train.state import TrainState
 
 
@@ -119,7 +119,7 @@ def test_oxford_pets_config_runs_end_to_end_and_predict_draws_an_overlay(tmp_pat
     assert metrics['splits'] == {'validation': 'train[90%:]', 'test': 'test'}
     assert metrics['test']['num_examples'] == 10
     assert {'miou', 'pixel_accuracy', 'iou/pet', 'dice/border'} <= set(metrics['test'])
-    predictor = predict.Predictor(config, workdir)
+    predictor = restore.Predictor(config, workdir)
     image_path = tmp_path / 'pet.png'
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 40, 3), np.uint8)).save(
         image_path)

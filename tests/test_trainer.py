@@ -24,7 +24,7 @@ import tensorflow_datasets as tfds
 
 from configs import vit_cifar10
 from train import checkpoint as checkpoint_lib
-from train import preemption, trainer
+from train import preemption, restore, trainer
 from train.state import TrainState
 from tests.conftest import make_fashion_mnist_dir, tiny_config
 
@@ -116,6 +116,45 @@ def test_final_metrics_label_the_selected_checkpoint_and_splits(six_step_runs):
   assert final['validation']['num_examples'] == 16 and final['test']['num_examples'] == 36
   tests = [r for r in _rows(full) if r['split'] == 'test']
   assert len(tests) == 1 and tests[0]['step'] == final['selected_step']
+
+
+def test_eval_only_reproduces_the_logged_metrics_and_touches_nothing(six_step_runs,
+                                                                     tmp_path):
+  config, full, _ = six_step_runs
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(full, workdir)
+  checkpoints = _listing(os.path.join(workdir, 'checkpoints'))
+  logged = {(r['step'], r['split']): r for r in _rows(workdir)}
+  final = json.loads(open(os.path.join(workdir, 'final_metrics.json')).read())
+  # 'best' is the checkpoint training selected and tested; 3 is an explicit step.
+  for checkpoint, role, step in (('best', 'test', final['selected_step']),
+                                 ('3', 'validation', 3), ('last', 'validation', 6)):
+    result = restore.evaluate_checkpoint(config, workdir, checkpoint, role)
+    assert result['step'] == step
+    expected = {k: v for k, v in logged[(step, role)].items() if k not in ('step', 'split')}
+    assert result['metrics'].keys() == expected.keys()
+    for name, value in expected.items():
+      assert result['metrics'][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+    written = json.loads(open(os.path.join(workdir, 'eval', f'{role}_step{step}.json')).read())
+    assert written['metrics'] == result['metrics'] and written['split'] == final['splits'][role]
+  assert _listing(os.path.join(workdir, 'checkpoints')) == checkpoints
+  assert {(r['step'], r['split']) for r in _rows(workdir)} == set(logged)  # No new rows.
+  epochs = [r['epoch'] for r in _rows(workdir) if r['split'] == 'train']
+  assert epochs == pytest.approx([s * 16 / 48 for s in (2, 3, 4, 6)])  # step * batch / 48.
+
+
+def test_eval_only_errors(six_step_runs, tmp_path):
+  config, full, _ = six_step_runs
+  empty = str(tmp_path / 'empty')
+  with pytest.raises(FileNotFoundError, match=re.escape(os.path.join(empty, 'checkpoints'))):
+    restore.evaluate_checkpoint(config, empty)
+  assert not os.path.exists(empty)  # Nothing created.
+  with pytest.raises(ValueError, match=r'No checkpoint at step 4 .*saved steps: \[3, 6\]'):
+    restore.Predictor(config, full, '4')
+  with pytest.raises(ValueError, match="'newest' is not valid; choose 'last', 'best'"):
+    restore.Predictor(config, full, 'newest')
+  with pytest.raises(ValueError, match="split 'train' is not valid"):
+    restore.evaluate_checkpoint(config, full, 'last', 'train')
 
 
 def test_rows_logged_after_the_restored_step_are_superseded(six_step_runs, tmp_path):

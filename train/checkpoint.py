@@ -124,18 +124,23 @@ class Checkpointer:
     async_save: write in a background thread.
     read_attempts: tries per checkpoint read when the error is transient.
     retry_seconds: wait before the first retry; doubled after each.
+    read_only: for evaluation-only use: nothing under `workdir` is created, written or
+      moved; an unreadable checkpoint raises CheckpointReadError instead of being
+      moved aside.
   """
 
   def __init__(self, workdir: str, *, keep: int = 3, best_metric: str = 'top1',
                best_mode: str = 'max', async_save: bool = True, read_attempts: int = 3,
-               retry_seconds: float = 2.0):
+               retry_seconds: float = 2.0, read_only: bool = False):
     if best_mode not in ('max', 'min'):
       raise ValueError(f"checkpoint.best_mode must be 'max' or 'min', got {best_mode!r}")
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
     self.corrupt_directory = os.path.abspath(os.path.join(workdir, 'checkpoints_corrupt'))
     self.best_metric, self.best_mode = best_metric, best_mode
     self.read_attempts, self.retry_seconds = max(read_attempts, 1), retry_seconds
-    self._quarantine_interrupted_saves()
+    self.read_only = read_only
+    if not read_only:
+      self._quarantine_interrupted_saves()
     policies = [ocp.checkpoint_managers.LatestN(n=max(keep, 1))]
     if best_metric:
       policies.append(ocp.checkpoint_managers.BestN(
@@ -145,7 +150,8 @@ class Checkpointer:
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
         best_fn=(lambda m: m[best_metric]) if best_metric else None,  # For best_step().
         best_mode=best_mode,
-        enable_async_checkpointing=async_save, create=True,
+        enable_async_checkpointing=async_save and not read_only, create=not read_only,
+        read_only=read_only,
         cleanup_tmp_directories=False)  # Interrupted saves are moved aside, not deleted.
     # Handlers named up front so that metadata can be read before any restore.
     self.manager = ocp.CheckpointManager(
@@ -210,6 +216,9 @@ class Checkpointer:
       raise CheckpointMismatchError(detail if outcome == MISMATCH else
                                     f'Checkpoint {step}: another process found its '
                                     'structure different from the current state')
+    if agreed == UNREADABLE and self.read_only:
+      raise CheckpointReadError(f'Checkpoint {step} in {self.directory} is unreadable '
+                                f'({_first_line(detail)}); read-only, so nothing was moved')
     if agreed != UNREADABLE:  # A persisting transient error or an unknown one.
       if outcome == OK:
         raise CheckpointReadError(f'Checkpoint {step} could not be read on another '

@@ -1,7 +1,8 @@
 """run(config, workdir): the training loop, top to bottom.
 
 1. Check the config and the data before anything compiles.
-2. Build model, task, optimizer, engine; restore the latest checkpoint or initialise.
+2. Build model, task, optimizer, engine; restore the latest checkpoint or initialise
+   (from config.init_from's pretrained weights when set).
 3. Loop: one jitted step per batch; metrics stay on the device until a log point.
 4. Evaluate on the whole validation split at eval points; save checkpoints at
    checkpoint points, on preemption (agreed by all processes) and at the end. A
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+import pretrained
 import tasks
 from tasks import common
 from tasks import evaluators as evaluators_lib
@@ -70,6 +72,7 @@ def validate(config, num_devices: int) -> None:
                      f'({config.grad_accum_steps})')
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ValueError('Set config.num_train_steps > 0 or config.num_epochs > 0')
+  pretrained.check(config)
 
 
 def evaluate(state, engine, data, role: str, eval_step=None, evaluators=()) -> dict:
@@ -147,6 +150,7 @@ def run(config, workdir: str) -> dict:
   Raises ValueError for bad configs, checkpoint.CheckpointMismatchError when the
   workdir's checkpoints do not fit this config (nothing is moved or written),
   sources.DatasetNotFoundError / FileNotFoundError for missing data,
+  pretrained.mapping.WeightMismatchError when config.init_from does not fit the model,
   NonFiniteLossError for a NaN/Inf loss.
   """
   engine = parallel.build(config.parallel)
@@ -176,7 +180,21 @@ def run(config, workdir: str) -> dict:
         f'written: {run_config.describe(changes)}.\nNothing was moved or written. To train '
         'this config, pass a new --workdir; to resume the run, restart it with its saved '
         'config.') from None
-  state = engine.from_canonical(restored) if restored is not None else engine.init_state(init_fn)
+  if restored is not None:
+    state = engine.from_canonical(restored)
+    if config.init_from:
+      logging.info('Resuming from the checkpoints in %s; config.init_from is not loaded.',
+                   workdir)
+  else:
+    try:
+      pretrained.check_shapes(config, {'params': abstract.params, **abstract.model_state})
+    except Exception:
+      ckpt.close()
+      raise
+    state = engine.init_state(init_fn)
+    if config.init_from:
+      state = engine.from_canonical(pretrained.initialise(config, engine.to_canonical(state),
+                                                          engine.replicated))
   step = int(parallel.replica(restored.step)) if restored is not None else 0
   if changes:
     logging.warning('%s at step %d with changed config fields: %s',
@@ -230,6 +248,7 @@ def run(config, workdir: str) -> dict:
           steps_since_mark, mark = 0, time.time()
           summary['examples_per_sec'] = (timed_steps * config.batch_size / train_seconds
                                          if train_seconds > 0 else 0.0)
+          summary['epoch'] = step * config.batch_size / data.num_train_examples
           eta = (total_steps - step) * train_seconds / max(timed_steps, 1)
           writer.write(step, 'train', summary,
                        f' | {step}/{total_steps} | ETA {reporting.format_duration(eta)}')

@@ -1,0 +1,190 @@
+"""Pretrained weights: import from other codebases' files, then start runs from them.
+
+  python -m pretrained.convert --format=vit_npz --weights=ViT-B_16.npz --model=vit_b16 \
+      --out=pretrained/vit_b16_in21k
+  python launch.py --config=configs/vit_b16_cifar10_finetune.py \
+      --config.init_from=pretrained/vit_b16_in21k
+
+A format is one module (FORMATS) that maps the file's tensor names to this codebase's
+variables explicitly (pretrained.mapping); `pretrained.convert` writes the result once
+as an Orbax checkpoint plus pretrained.json (format, source file, model and the model
+fields the file fixed). `config.init_from` loads such a directory into a fresh run
+(`initialise`): every variable is taken from it, except
+  * the classifier `head`, when its size differs (another number of classes): kept at
+    its initialisation, and the log says so;
+  * ViT position embeddings for another resolution: resized bilinearly (Dosovitskiy et
+    al. 2021, Sec. 3.2);
+anything else that differs is an error listing the differences. A run that resumes from
+its own checkpoints ignores init_from.
+"""
+
+import importlib
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from nets import vit
+from pretrained import mapping
+
+# Format name -> module (imported when used: the readers' optional dependencies such
+# as torch load only for their own format).
+FORMATS = {
+    'vit_npz': 'pretrained.vit_npz',        # google-research/vision_transformer, big_vision
+    'timm_vit': 'pretrained.timm_vit',      # timm VisionTransformer state_dict
+    'torchvision': 'pretrained.torchvision',  # torchvision ResNet-18...152, MobileNetV2
+}
+INFO_FILE = 'pretrained.json'
+VARIABLES_DIR = 'variables'
+# Top-level modules that are reinitialised when their shapes differ (a new task's
+# classifier): the `head` of ViT, ResNet and MobileNetV2.
+REINITIALISED = ('head',)
+
+
+def get_format(name: str):
+  """The format module `name`. Raises ValueError listing the valid names."""
+  if name not in FORMATS:
+    raise ValueError(f'Unknown weight format {name!r}; valid: {sorted(FORMATS)}')
+  return importlib.import_module(FORMATS[name])
+
+
+def read_info(directory: str) -> dict:
+  """The pretrained.json of a converted directory.
+
+  Raises FileNotFoundError naming the directory and how to make one."""
+  path = os.path.join(directory, INFO_FILE)
+  if not os.path.isfile(path) or not os.path.isdir(os.path.join(directory, VARIABLES_DIR)):
+    raise FileNotFoundError(
+        f'{os.path.abspath(directory)} is not a converted weight directory (no {INFO_FILE} '
+        f'and {VARIABLES_DIR}/); make one with python -m pretrained.convert '
+        '--format=... --weights=FILE --model=NAME --out=DIR')
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def check(config) -> None:
+  """Cheap checks of config.init_from before anything is built: the directory is a
+  converted one, of the config's model. Raises FileNotFoundError, ValueError."""
+  if not config.get('init_from'):
+    return
+  info = read_info(config.init_from)
+  if info['model'] != config.model.name:
+    raise ValueError(f'config.init_from={config.init_from!r} holds weights for model '
+                     f'{info["model"]!r} ({info.get("architecture", "")}), but '
+                     f'config.model.name is {config.model.name!r}')
+
+
+def save(directory: str, variables: dict, info: dict) -> None:
+  """Writes converted `variables` ({'params': ..., 'batch_stats': ...?} numpy) and
+  `info` to `directory`, which must not exist yet (nothing is overwritten)."""
+  if os.path.exists(directory) and os.listdir(directory):
+    raise FileExistsError(f'{os.path.abspath(directory)} exists and is not empty; choose '
+                          'another --out (nothing was overwritten)')
+  os.makedirs(directory, exist_ok=True)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.abspath(os.path.join(directory, VARIABLES_DIR)), variables)
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  with open(os.path.join(directory, INFO_FILE), 'w', encoding='utf-8') as f:
+    json.dump(info, f, indent=2)
+
+
+def load(directory: str) -> tuple[dict, dict]:
+  """(variables as nested dicts of numpy arrays, info) of a converted directory."""
+  info = read_info(directory)
+  checkpointer = ocp.StandardCheckpointer()
+  variables = checkpointer.restore(os.path.abspath(os.path.join(directory, VARIABLES_DIR)))
+  checkpointer.close()
+  return variables, info
+
+
+def _decide(path: tuple, saved_shape: tuple, model_shape: tuple) -> str:
+  """'load', 'resize' (ViT position embeddings), 'reinit' (a head of another size) or
+  '' (a difference that is an error) for one variable present on both sides."""
+  if tuple(saved_shape) == tuple(model_shape):
+    return 'load'
+  if path[-1] == 'pos_embedding' and len(saved_shape) == len(model_shape) == 3:
+    return 'resize'
+  return 'reinit' if len(path) > 1 and path[1] in REINITIALISED else ''
+
+
+def _problems(ours: dict, theirs: dict, source: str) -> None:
+  """Raises mapping.WeightMismatchError for variables missing on either side and shape
+  differences that are neither a resize nor a head reinitialisation."""
+  problems = [f'{"/".join(p)}: missing in the checkpoint' for p in ours if p not in theirs]
+  problems += [f'{"/".join(p)}: checkpoint {list(theirs[p].shape)}, model '
+               f'{list(ours[p].shape)}' for p in ours
+               if p in theirs and not _decide(p, theirs[p].shape, ours[p].shape)]
+  problems += [f'{"/".join(p)}: not in the model' for p in theirs if p not in ours]
+  if problems:
+    raise mapping.WeightMismatchError(f'{source} does not fit the model ({len(problems)} '
+                                      'differences):\n  ' + '\n  '.join(problems))
+
+
+def check_shapes(config, abstract_variables: dict) -> None:
+  """What `merge` would raise for config.init_from and the model's variables
+  (shapes only: reads the checkpoint's metadata, not its arrays), before anything is
+  initialised or compiled."""
+  if not config.get('init_from'):
+    return
+  checkpointer = ocp.StandardCheckpointer()
+  metadata = checkpointer.metadata(os.path.abspath(os.path.join(config.init_from,
+                                                                VARIABLES_DIR)))
+  checkpointer.close()
+  saved = getattr(metadata, 'item_metadata', metadata)
+  saved = getattr(saved, 'tree', saved)
+  _problems(mapping.flatten(abstract_variables), mapping.flatten(saved), config.init_from)
+
+
+def merge(fresh: dict, loaded: dict, source: str) -> tuple[dict, list[str]]:
+  """`fresh` (a model's initial variables) with every variable taken from `loaded`.
+
+  Args:
+    fresh, loaded: {collection: nested dict of arrays}.
+    source: the converted directory, for messages.
+  Returns:
+    (merged variables as numpy, notes): notes say what was reinitialised or resized.
+  Raises:
+    mapping.WeightMismatchError listing the variables missing on either side and the
+    shape differences the module docstring does not allow.
+  """
+  ours, theirs = mapping.flatten(fresh), mapping.flatten(loaded)
+  _problems(ours, theirs, source)
+  out, notes = {}, []
+  for path, value in ours.items():
+    name, saved = '/'.join(path), np.asarray(theirs[path])
+    decision = _decide(path, saved.shape, value.shape)
+    if decision == 'load':
+      out[path] = saved
+    elif decision == 'resize':
+      side = int(np.sqrt(value.shape[1]))
+      out[path] = np.asarray(vit.interpolate_position_embeddings(saved, (side, side)))
+      notes.append(f'resized {name} from a {int(np.sqrt(saved.shape[1]))}^2 to a {side}^2 '
+                   'grid (bilinear)')
+    else:
+      out[path] = np.asarray(value)
+      notes.append(f'reinitialised {name}: checkpoint {list(saved.shape)}, model '
+                   f'{list(value.shape)}')
+  return mapping.unflatten(out), notes
+
+
+def initialise(config, state, sharding):
+  """The canonical TrainState `state` (freshly initialised) with params and model state
+  loaded from config.init_from and the optimizer state initialised for them, placed
+  with `sharding` (the engine's replicated sharding).
+
+  Raises what `load` and `merge` raise."""
+  loaded, info = load(config.init_from)
+  fresh = jax.device_get({'params': state.params, **state.model_state})
+  variables, notes = merge(fresh, loaded, config.init_from)
+  logging.info('Initialised from %s (%s, converted from %s).', config.init_from,
+               info.get('architecture', info['model']), info.get('weights', '?'))
+  for note in notes:
+    logging.warning('init_from: %s', note)
+  params = variables.pop('params')
+  state = state.replace(params=params, model_state=variables,
+                        opt_state=state.tx.init(params))
+  return jax.device_put(state, sharding)

@@ -1,0 +1,116 @@
+"""Starting runs from converted weights (config.init_from): what is loaded, resized and
+reinitialised, the errors, and a fine-tuning run under tfds mock data."""
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+import nets
+import pretrained
+from configs import vit_cifar10
+from nets import vit
+from pretrained import mapping
+from train import trainer
+
+TINY_VIT = dict(hidden_size=24, num_layers=1, mlp_dim=48, num_heads=2, patch_size=4,
+                num_channels=3)
+
+
+def _converted(directory, image_size=16, num_classes=7, **overrides):
+  """A converted directory as pretrained.convert writes it, from a random tiny ViT."""
+  net = nets.build('vit_custom', num_classes=num_classes, image_size=image_size,
+                   **{**TINY_VIT, **overrides})
+  variables = jax.device_get(net.init(jax.random.key(1), np.zeros((1, image_size, image_size, 3)),
+                                      train=False))
+  # Non-zero heads, so that a reinitialised head is told apart from a loaded one.
+  variables['params']['head']['kernel'] = np.ones_like(variables['params']['head']['kernel'])
+  pretrained.save(directory, dict(variables), {'model': 'vit_custom', 'architecture': 'test'})
+  return variables
+
+
+def _fine_tune_config(init_from):
+  config = vit_cifar10.get_config()
+  for name, value in TINY_VIT.items():
+    config.model[name] = value
+  config.init_from = init_from
+  config.batch_size, config.eval_batch_size = 16, 8
+  config.num_train_steps, config.warmup_steps = 2, 0
+  config.learning_rate = 0.0  # The saved params are then exactly what was initialised.
+  config.optim.schedule = 'constant'
+  config.augment.mixup_alpha = config.augment.cutmix_alpha = 0.0
+  config.data.num_threads = 1
+  return config
+
+
+def test_merge_loads_resizes_and_reinitialises_only_what_it_may():
+  rng = np.random.default_rng(0)
+  fresh = {'params': {'head': {'kernel': np.zeros((4, 10))}, 'pos_embedding': np.zeros((1, 16, 4)),
+                      'block': {'kernel': np.zeros((4, 4))}},
+           'batch_stats': {'bn': {'mean': np.zeros(4)}}}
+  loaded = {'params': {'head': {'kernel': rng.normal(size=(4, 7))},
+                       'pos_embedding': rng.normal(size=(1, 4, 4)),
+                       'block': {'kernel': rng.normal(size=(4, 4))}},
+            'batch_stats': {'bn': {'mean': rng.normal(size=4)}}}
+  merged, notes = pretrained.merge(fresh, loaded, 'src')
+  np.testing.assert_array_equal(merged['params']['block']['kernel'], loaded['params']['block']['kernel'])
+  np.testing.assert_array_equal(merged['batch_stats']['bn']['mean'], loaded['batch_stats']['bn']['mean'])
+  np.testing.assert_array_equal(merged['params']['head']['kernel'], np.zeros((4, 10)))
+  np.testing.assert_allclose(merged['params']['pos_embedding'],
+                             vit.interpolate_position_embeddings(loaded['params']['pos_embedding'],
+                                                                 (4, 4)), rtol=1e-6)
+  assert notes == ['reinitialised params/head/kernel: checkpoint [4, 7], model [4, 10]',
+                   'resized params/pos_embedding from a 2^2 to a 4^2 grid (bilinear)']
+  # A body variable of another shape, one missing and one extra: all listed at once.
+  loaded['params']['block']['kernel'] = np.zeros((4, 5))
+  loaded['params']['extra'] = np.zeros(3)
+  del loaded['batch_stats']['bn']['mean']
+  with pytest.raises(mapping.WeightMismatchError) as error:
+    pretrained.merge(fresh, loaded, 'src')
+  assert str(error.value).splitlines()[1:] == [
+      '  batch_stats/bn/mean: missing in the checkpoint',
+      '  params/block/kernel: checkpoint [4, 5], model [4, 4]',
+      '  params/extra: not in the model']
+
+
+def test_fine_tunes_from_converted_weights_under_tfds_mock_data(tmp_path, caplog):
+  source = _converted(str(tmp_path / 'weights'))
+  workdir = str(tmp_path / 'run')
+  with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):
+    metrics = trainer.run(_fine_tune_config(str(tmp_path / 'weights')), workdir)
+  assert metrics['step'] == 2 and np.isfinite(metrics['test']['loss'])
+  state = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', '2', 'state'))
+  params, loaded = state['params'], source['params']
+  # The body is the converted one, unchanged (lr 0); the 7-class head was reinitialised
+  # (zeros: ViT's head init) for 10 classes; the 4x4 position grid resized to 8x8.
+  for name in ('encoder_block_0', 'patch_embedding', 'encoder_norm'):
+    jax.tree.map(np.testing.assert_array_equal, params[name], loaded[name])
+  np.testing.assert_array_equal(params['cls_pos_embedding'], loaded['cls_pos_embedding'])
+  np.testing.assert_array_equal(params['head']['kernel'], np.zeros((24, 10)))
+  np.testing.assert_allclose(params['pos_embedding'], vit.interpolate_position_embeddings(
+      loaded['pos_embedding'], (8, 8)), rtol=1e-6)
+  assert 'reinitialised params/head/kernel: checkpoint [24, 7], model [24, 10]' in caplog.text
+  assert 'resized params/pos_embedding from a 4^2 to a 8^2 grid' in caplog.text
+
+
+def test_init_from_errors_come_before_training(tmp_path):
+  config = _fine_tune_config(str(tmp_path / 'nothing'))
+  with pytest.raises(FileNotFoundError, match='is not a converted weight directory'):
+    trainer.validate(config, 8)
+  pretrained.save(str(tmp_path / 'b16'), {'params': {'w': np.zeros(2)}},
+                  {'model': 'vit_b16', 'architecture': 'vit_b16 at 224x224'})
+  config.init_from = str(tmp_path / 'b16')
+  with pytest.raises(ValueError, match="holds weights for model 'vit_b16'.*'vit_custom'"):
+    trainer.validate(config, 8)
+  _converted(str(tmp_path / 'wider'), hidden_size=32, mlp_dim=48, num_heads=2)
+  config.init_from = str(tmp_path / 'wider')
+  with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):
+    with pytest.raises(mapping.WeightMismatchError,
+                       match=r'params/encoder_norm/scale: checkpoint \[32\], model \[24\]'):
+      trainer.run(config, str(tmp_path / 'run'))
+  assert not os.listdir(os.path.join(tmp_path, 'run', 'checkpoints'))  # Nothing trained.
+  with pytest.raises(FileExistsError, match='not empty'):
+    pretrained.save(str(tmp_path / 'wider'), {}, {})
