@@ -1,7 +1,7 @@
 """Pretrained weights: import from other codebases' files, then start runs from them.
 
   python -m pretrained.convert --format=vit_npz --weights=ViT-B_16.npz --model=vit_b16 \
-      --out=pretrained/vit_b16_in21k
+      --out=weights/vit_b16_in21k
   python launch.py --config=configs/vit_b16_cifar10_finetune.py \
       --config.init_from=pretrained/vit_b16_in21k
 
@@ -27,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+import nets
 from nets import vit
 from pretrained import mapping
 
@@ -42,6 +43,8 @@ VARIABLES_DIR = 'variables'
 # Top-level modules that are reinitialised when their shapes differ (a new task's
 # classifier): the `head` of ViT, ResNet and MobileNetV2.
 REINITIALISED = ('head',)
+# Model fields a converted checkpoint may differ in: handled by `merge`.
+ADAPTED_FIELDS = ('num_classes', 'image_size')
 
 
 def get_format(name: str):
@@ -67,7 +70,10 @@ def read_info(directory: str) -> dict:
 
 def check(config) -> None:
   """Cheap checks of config.init_from before anything is built: the directory is a
-  converted one, of the config's model. Raises FileNotFoundError, ValueError."""
+  converted one, of the config's model, and the model fields the weights fixed at
+  conversion (e.g. ViT's `approximate_gelu`, `classifier`) agree with the config's
+  (the number of classes and the resolution may differ: see the module docstring).
+  Raises FileNotFoundError, ValueError."""
   if not config.get('init_from'):
     return
   info = read_info(config.init_from)
@@ -75,6 +81,15 @@ def check(config) -> None:
     raise ValueError(f'config.init_from={config.init_from!r} holds weights for model '
                      f'{info["model"]!r} ({info.get("architecture", "")}), but '
                      f'config.model.name is {config.model.name!r}')
+  fields = {k: v for k, v in config.model.items() if k != 'name'}
+  model = nets.build(config.model.name, **{'num_classes': 1, **fields})
+  differing = {k: (v, getattr(model, k, None)) for k, v in info.get('model_kwargs', {}).items()
+               if k not in ADAPTED_FIELDS and getattr(model, k, None) != v}
+  if differing:
+    raise ValueError(f'config.init_from={config.init_from!r} was converted for model fields '
+                     'the config sets otherwise: ' + '; '.join(
+                         f'{k}: weights {a!r}, config {b!r}' for k, (a, b) in differing.items())
+                     + '. Set them with --config.model.FIELD=VALUE.')
 
 
 def save(directory: str, variables: dict, info: dict) -> None:

@@ -2,14 +2,17 @@ r"""Converts another codebase's weight file once into a directory `--config.init
 loads (an Orbax checkpoint of the model's variables plus pretrained.json).
 
   python -m pretrained.convert --format=torchvision --weights=resnet50-11ad3fa6.pth \
-      --model=resnet50 --out=pretrained/resnet50_tv
+      --model=resnet50 --out=weights/resnet50_tv
   python -m pretrained.convert --format=vit_npz --weights=ViT-B_16.npz --model=vit_b16 \
-      --out=pretrained/vit_b16_in21k
+      --out=weights/vit_b16_in21k
   python -m pretrained.convert --format=timm_vit --weights=model.safetensors \
-      --model=vit_b16 --model_kwargs='{"approximate_gelu": false}' --out=...
+      --model=vit_b16 --out=weights/vit_b16_timm
 
 The file fixes the model fields it determines (the number of classes; for ViT the
-resolution of its position embeddings); --model_kwargs adds others as JSON. Every
+resolution of its position embeddings, the pooling and the GELU form: timm's is exact,
+the original's the tanh approximation); --model_kwargs adds others as JSON. A run that
+loads the directory must set the same fields, except the number of classes and the
+resolution (pretrained/__init__.py). Every
 tensor must map: a missing, extra or mis-shaped one is an error that lists them (with
 the closest names) and says what architecture the file looks like; nothing is written.
 Prints the parameter count and the read / convert / save times.

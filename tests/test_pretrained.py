@@ -13,7 +13,7 @@ import nets
 import pretrained
 from configs import vit_cifar10
 from nets import vit
-from pretrained import mapping
+from pretrained import convert, mapping
 from train import trainer
 
 TINY_VIT = dict(hidden_size=24, num_layers=1, mlp_dim=48, num_heads=2, patch_size=4,
@@ -76,17 +76,32 @@ def test_merge_loads_resizes_and_reinitialises_only_what_it_may():
       '  params/extra: not in the model']
 
 
-def test_fine_tunes_from_converted_weights_under_tfds_mock_data(tmp_path, caplog):
-  source = _converted(str(tmp_path / 'weights'))
+def test_converts_a_timm_file_then_fine_tunes_from_it_under_tfds_mock_data(tmp_path, caplog):
+  torch = pytest.importorskip('torch')
+  from benchmarks import torch_twins  # pylint: disable=import-outside-toplevel
+  twin = torch_twins.timm_vision_transformer(img_size=16, patch_size=4, num_classes=7,
+                                             embed_dim=24, depth=1, num_heads=2, mlp_ratio=2)
+  torch.save(twin.state_dict(), str(tmp_path / 'timm.pth'))
+  out = str(tmp_path / 'weights')
+  sizes = {k: v for k, v in TINY_VIT.items() if k != 'num_channels'}
+  with pytest.raises(ValueError, match="cannot fill model 'resnet18'"):
+    convert.convert('timm_vit', str(tmp_path / 'timm.pth'), 'resnet18', out)
+  result = convert.convert('timm_vit', str(tmp_path / 'timm.pth'), 'vit_custom', out, sizes)
+  assert result['model_kwargs']['approximate_gelu'] is False  # timm's GELU is exact.
+  assert result['num_params'] == sum(p.numel() for p in twin.parameters())
+  config = _fine_tune_config(out)
+  with pytest.raises(ValueError, match='approximate_gelu: weights False, config True'):
+    trainer.validate(config, 8)
+  config.model.approximate_gelu = False
   workdir = str(tmp_path / 'run')
   with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):
-    metrics = trainer.run(_fine_tune_config(str(tmp_path / 'weights')), workdir)
+    metrics = trainer.run(config, workdir)
   assert metrics['step'] == 2 and np.isfinite(metrics['test']['loss'])
   state = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', '2', 'state'))
-  params, loaded = state['params'], source['params']
+  params, loaded = state['params'], pretrained.load(out)[0]['params']
   # The body is the converted one, unchanged (lr 0); the 7-class head was reinitialised
   # (zeros: ViT's head init) for 10 classes; the 4x4 position grid resized to 8x8.
-  for name in ('encoder_block_0', 'patch_embedding', 'encoder_norm'):
+  for name in ('encoder_block_0', 'patch_embedding', 'encoder_norm', 'cls_token'):
     jax.tree.map(np.testing.assert_array_equal, params[name], loaded[name])
   np.testing.assert_array_equal(params['cls_pos_embedding'], loaded['cls_pos_embedding'])
   np.testing.assert_array_equal(params['head']['kernel'], np.zeros((24, 10)))
@@ -94,6 +109,8 @@ def test_fine_tunes_from_converted_weights_under_tfds_mock_data(tmp_path, caplog
       loaded['pos_embedding'], (8, 8)), rtol=1e-6)
   assert 'reinitialised params/head/kernel: checkpoint [24, 7], model [24, 10]' in caplog.text
   assert 'resized params/pos_embedding from a 4^2 to a 8^2 grid' in caplog.text
+  with pytest.raises(FileExistsError, match='not empty'):
+    convert.convert('timm_vit', str(tmp_path / 'timm.pth'), 'vit_custom', out, sizes)
 
 
 def test_init_from_errors_come_before_training(tmp_path):
@@ -112,5 +129,3 @@ def test_init_from_errors_come_before_training(tmp_path):
                        match=r'params/encoder_norm/scale: checkpoint \[32\], model \[24\]'):
       trainer.run(config, str(tmp_path / 'run'))
   assert not os.listdir(os.path.join(tmp_path, 'run', 'checkpoints'))  # Nothing trained.
-  with pytest.raises(FileExistsError, match='not empty'):
-    pretrained.save(str(tmp_path / 'wider'), {}, {})

@@ -1,6 +1,6 @@
 """pretrained/torchvision.py: torchvision ResNet / MobileNetV2 state_dicts -> our models.
 
-The reference is a torch.nn twin with torchvision's module names (tests/torch_twins.py),
+The reference is a torch.nn twin with torchvision's module names (benchmarks/torch_twins.py),
 random weights and random BatchNorm statistics: its state_dict goes through a written
 .pth and .safetensors file, and our model's logits must equal the twin's.
 """
@@ -17,7 +17,7 @@ from pretrained import mapping
 from pretrained import torchvision as tv
 
 torch = pytest.importorskip('torch')
-torch_twins = pytest.importorskip('tests.torch_twins')
+torch_twins = pytest.importorskip('benchmarks.torch_twins')
 safetensors_torch = pytest.importorskip('safetensors.torch')
 
 NUM_CLASSES = 7  # Few classes: a small classifier, quick compilation.

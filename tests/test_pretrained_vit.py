@@ -14,7 +14,7 @@ import nets
 from pretrained import mapping, timm_vit, vit_npz
 
 torch = pytest.importorskip('torch')
-from tests import torch_twins  # noqa: E402  pylint: disable=wrong-import-position
+from benchmarks import torch_twins  # noqa: E402  pylint: disable=wrong-import-position
 
 HIDDEN, DEPTH, HEADS, MLP, PATCH, SIZE, CLASSES = 32, 2, 4, 128, 4, 16, 10
 TINY = ('vit_custom (hidden 32, 2 layers, mlp 128, {heads}, patch 4) at 16x16 (10 classes)')
