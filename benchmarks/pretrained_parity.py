@@ -32,6 +32,9 @@ ARCHITECTURES = {
     'resnet50': ('resnet50', 'torchvision', 'resnet50.safetensors'),
     'mobilenet_v2': ('mobilenet_v2', 'torchvision', 'mobilenet_v2.pth'),
     'vit_b16': ('vit_b16', 'timm_vit', 'vit_b16.safetensors'),
+    # The same ViT's weights in the original JAX naming; its reference logits use the
+    # tanh GELU, as the original ViT (and so the imported model) computes.
+    'vit_b16_npz': ('vit_b16', 'vit_npz', 'vit_b16.npz'),
 }
 IMAGE_SIZE, BATCH, SEED = 224, 2, 0
 
@@ -69,8 +72,11 @@ def make_references(source: str, out: str) -> None:
   os.makedirs(out, exist_ok=True)
   images = np.random.default_rng(SEED).normal(size=(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE))
   images = images.astype(np.float32)
+  from benchmarks import torch_twins  # pylint: disable=import-outside-toplevel
   logits = {}
   for name, (_, _, filename) in ARCHITECTURES.items():
+    if name == 'vit_b16_npz':
+      continue  # Written with vit_b16's weights below.
     model = _torch_model(name, source)
     with torch.no_grad():
       logits[name] = model(torch.from_numpy(images)).numpy()
@@ -81,6 +87,16 @@ def make_references(source: str, out: str) -> None:
     else:
       torch.save(state, path)
     print(f'{name}: wrote {path}', flush=True)
+    if name == 'vit_b16':
+      for module in model.modules():
+        if isinstance(module, torch.nn.GELU):
+          module.approximate = 'tanh'
+      with torch.no_grad():
+        logits['vit_b16_npz'] = model(torch.from_numpy(images)).numpy()
+      tensors = {k: v.numpy() for k, v in state.items()}
+      path = os.path.join(out, ARCHITECTURES['vit_b16_npz'][2])
+      np.savez(path, **torch_twins.vit_npz_from_timm(tensors, num_heads=12))
+      print(f'vit_b16_npz: wrote {path}', flush=True)
   np.savez(os.path.join(out, 'references.npz'), images=images, source=source, **logits)
 
 

@@ -4,11 +4,15 @@ those of the real checkpoints, and their outputs are an independent reference fo
 
 Each twin is written from the documented layout of its original (not copied):
   torchvision ResNet (`torchvision.models.resnet`, v1.5) and MobileNetV2
-  (`torchvision.models.mobilenetv2`): `torchvision_resnet`, `torchvision_mobilenet_v2`.
+  (`torchvision.models.mobilenetv2`): `torchvision_resnet`, `torchvision_mobilenet_v2`;
+  timm's VisionTransformer: `timm_vision_transformer`.
+A timm ViT's tensors can be written in the naming of the original JAX checkpoints
+(`vit_npz_from_timm`, `big_vision_npz_from_timm`).
 
 Import only where torch is available (tests use pytest.importorskip('torch') first).
 """
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -331,3 +335,71 @@ def timm_vision_transformer(seed: int = 0, **kwargs) -> nn.Module:
       else:  # Biases, the class token and the position embeddings.
         p.copy_(0.3 * noise)
   return model.eval()
+
+
+# --- The original JAX ViT checkpoints' naming, written from timm tensors -----------------
+# The inverse direction of pretrained/vit_npz.py, written independently of it, so the
+# importer can be checked against torch's logits on the same weights.
+
+def vit_npz_from_timm(sd: dict, num_heads: int, prefix: str = '') -> dict:
+  """A timm ViT state_dict (name -> numpy) in google-research/vision_transformer naming
+  (vit_jax/models_vit.py), as its .npz checkpoints hold it, under `prefix`."""
+  d, h = sd['patch_embed.proj.weight'].shape[0], num_heads
+  out = {'embedding/kernel': sd['patch_embed.proj.weight'].transpose(2, 3, 1, 0),
+         'embedding/bias': sd['patch_embed.proj.bias'],
+         'Transformer/posembed_input/pos_embedding': sd['pos_embed'],
+         'Transformer/encoder_norm/scale': sd['norm.weight'],
+         'Transformer/encoder_norm/bias': sd['norm.bias'],
+         'head/kernel': sd['head.weight'].T, 'head/bias': sd['head.bias']}
+  if 'cls_token' in sd:
+    out['cls'] = sd['cls_token']
+  i = 0
+  while f'blocks.{i}.norm1.weight' in sd:
+    b, t = f'Transformer/encoderblock_{i}/', f'blocks.{i}.'
+    out.update(_block(sd, t, b, d, h, ('LayerNorm_0', 'MultiHeadDotProductAttention_1',
+                                       'LayerNorm_2', 'MlpBlock_3')))
+    i += 1
+  return {prefix + k: v for k, v in out.items()}
+
+
+def _block(sd, t, b, d, h, names) -> dict:
+  ln0, mha, ln1, mlp = names
+  qkv_w, qkv_b = sd[t + 'attn.qkv.weight'], sd[t + 'attn.qkv.bias']
+  out = {f'{b}{ln0}/scale': sd[t + 'norm1.weight'], f'{b}{ln0}/bias': sd[t + 'norm1.bias'],
+         f'{b}{ln1}/scale': sd[t + 'norm2.weight'], f'{b}{ln1}/bias': sd[t + 'norm2.bias'],
+         f'{b}{mha}/out/kernel': sd[t + 'attn.proj.weight'].T.reshape(h, d // h, d),
+         f'{b}{mha}/out/bias': sd[t + 'attn.proj.bias']}
+  for j, name in enumerate(('query', 'key', 'value')):
+    out[f'{b}{mha}/{name}/kernel'] = qkv_w[j * d:(j + 1) * d].T.reshape(d, h, d // h)
+    out[f'{b}{mha}/{name}/bias'] = qkv_b[j * d:(j + 1) * d].reshape(h, d // h)
+  for j, fc in enumerate(('fc1', 'fc2')):
+    out[f'{b}{mlp}/Dense_{j}/kernel'] = sd[f'{t}mlp.{fc}.weight'].T
+    out[f'{b}{mlp}/Dense_{j}/bias'] = sd[f'{t}mlp.{fc}.bias']
+  return out
+
+
+def big_vision_npz_from_timm(sd: dict, num_heads: int, scanned: bool) -> dict:
+  """A timm ViT state_dict in big_vision naming (big_vision/models/vit.py) under 'params/': the position table
+  has no class entry, so the class token absorbs it (what big_vision's
+  fix_old_checkpoints does with old checkpoints)."""
+  d, h = sd['patch_embed.proj.weight'].shape[0], num_heads
+  pos = sd['pos_embed']
+  out = {'embedding/kernel': sd['patch_embed.proj.weight'].transpose(2, 3, 1, 0),
+         'embedding/bias': sd['patch_embed.proj.bias'],
+         'Transformer/encoder_norm/scale': sd['norm.weight'],
+         'Transformer/encoder_norm/bias': sd['norm.bias'],
+         'head/kernel': sd['head.weight'].T, 'head/bias': sd['head.bias']}
+  if 'cls_token' in sd:
+    out['cls'], out['pos_embedding'] = sd['cls_token'] + pos[:, :1], pos[:, 1:]
+  else:
+    out['pos_embedding'] = pos
+  names = ('LayerNorm_0', 'MultiHeadDotProductAttention_0', 'LayerNorm_1', 'MlpBlock_0')
+  depth = len({k.split('.')[1] for k in sd if k.startswith('blocks.')})
+  blocks = [_block(sd, f'blocks.{i}.', '', d, h, names) for i in range(depth)]
+  if scanned:
+    out.update({f'Transformer/encoderblock/{k}': np.stack([blk[k] for blk in blocks])
+                for k in blocks[0]})
+  else:
+    for i, blk in enumerate(blocks):
+      out.update({f'Transformer/encoderblock_{i}/{k}': v for k, v in blk.items()})
+  return {'params/' + k: v for k, v in out.items()}

@@ -65,8 +65,7 @@ def expected_variables(model, *init_args) -> dict:
   """The variables `model.init` would create for `init_args` (shapes and dtypes only,
   nothing is computed): {'params': ..., 'batch_stats': ...?}."""
   rngs = {'params': jax.random.key(0), 'dropout': jax.random.key(0)}
-  shapes = jax.eval_shape(lambda: model.init(rngs, *init_args, train=False))
-  return jax.tree.map(lambda s: s, dict(shapes))
+  return dict(jax.eval_shape(lambda: model.init(rngs, *init_args, train=False)))
 
 
 def convert(tensors: Mapping[str, np.ndarray], expected: Mapping, rule: Rule, *, source: str,

@@ -85,65 +85,11 @@ def _assert_trees_equal(a, b):
 # --- Writing .npz checkpoints from timm tensors (this test's own mapping) ---------------
 
 def _original_npz(sd: dict, prefix: str = '') -> dict:
-  """google-research/vision_transformer naming (vit_jax/models_vit.py)."""
-  d, h = sd['patch_embed.proj.weight'].shape[0], HEADS
-  out = {'embedding/kernel': sd['patch_embed.proj.weight'].transpose(2, 3, 1, 0),
-         'embedding/bias': sd['patch_embed.proj.bias'],
-         'Transformer/posembed_input/pos_embedding': sd['pos_embed'],
-         'Transformer/encoder_norm/scale': sd['norm.weight'],
-         'Transformer/encoder_norm/bias': sd['norm.bias'],
-         'head/kernel': sd['head.weight'].T, 'head/bias': sd['head.bias']}
-  if 'cls_token' in sd:
-    out['cls'] = sd['cls_token']
-  i = 0
-  while f'blocks.{i}.norm1.weight' in sd:
-    b, t = f'Transformer/encoderblock_{i}/', f'blocks.{i}.'
-    out.update(_block(sd, t, b, d, h, ('LayerNorm_0', 'MultiHeadDotProductAttention_1',
-                                       'LayerNorm_2', 'MlpBlock_3')))
-    i += 1
-  return {prefix + k: v for k, v in out.items()}
-
-
-def _block(sd, t, b, d, h, names) -> dict:
-  ln0, mha, ln1, mlp = names
-  qkv_w, qkv_b = sd[t + 'attn.qkv.weight'], sd[t + 'attn.qkv.bias']
-  out = {f'{b}{ln0}/scale': sd[t + 'norm1.weight'], f'{b}{ln0}/bias': sd[t + 'norm1.bias'],
-         f'{b}{ln1}/scale': sd[t + 'norm2.weight'], f'{b}{ln1}/bias': sd[t + 'norm2.bias'],
-         f'{b}{mha}/out/kernel': sd[t + 'attn.proj.weight'].T.reshape(h, d // h, d),
-         f'{b}{mha}/out/bias': sd[t + 'attn.proj.bias']}
-  for j, name in enumerate(('query', 'key', 'value')):
-    out[f'{b}{mha}/{name}/kernel'] = qkv_w[j * d:(j + 1) * d].T.reshape(d, h, d // h)
-    out[f'{b}{mha}/{name}/bias'] = qkv_b[j * d:(j + 1) * d].reshape(h, d // h)
-  for j, fc in enumerate(('fc1', 'fc2')):
-    out[f'{b}{mlp}/Dense_{j}/kernel'] = sd[f'{t}mlp.{fc}.weight'].T
-    out[f'{b}{mlp}/Dense_{j}/bias'] = sd[f'{t}mlp.{fc}.bias']
-  return out
+  return torch_twins.vit_npz_from_timm(sd, HEADS, prefix)
 
 
 def _big_vision_npz(sd: dict, scanned: bool) -> dict:
-  """big_vision naming (big_vision/models/vit.py) under 'params/': the position table
-  has no class entry, so the class token absorbs it (what big_vision's
-  fix_old_checkpoints does with old checkpoints)."""
-  d, h = sd['patch_embed.proj.weight'].shape[0], HEADS
-  pos = sd['pos_embed']
-  out = {'embedding/kernel': sd['patch_embed.proj.weight'].transpose(2, 3, 1, 0),
-         'embedding/bias': sd['patch_embed.proj.bias'],
-         'Transformer/encoder_norm/scale': sd['norm.weight'],
-         'Transformer/encoder_norm/bias': sd['norm.bias'],
-         'head/kernel': sd['head.weight'].T, 'head/bias': sd['head.bias']}
-  if 'cls_token' in sd:
-    out['cls'], out['pos_embedding'] = sd['cls_token'] + pos[:, :1], pos[:, 1:]
-  else:
-    out['pos_embedding'] = pos
-  names = ('LayerNorm_0', 'MultiHeadDotProductAttention_0', 'LayerNorm_1', 'MlpBlock_0')
-  blocks = [_block(sd, f'blocks.{i}.', '', d, h, names) for i in range(DEPTH)]
-  if scanned:
-    out.update({f'Transformer/encoderblock/{k}': np.stack([blk[k] for blk in blocks])
-                for k in blocks[0]})
-  else:
-    for i, blk in enumerate(blocks):
-      out.update({f'Transformer/encoderblock_{i}/{k}': v for k, v in blk.items()})
-  return {'params/' + k: v for k, v in out.items()}
+  return torch_twins.big_vision_npz_from_timm(sd, HEADS, scanned)
 
 
 def _random_original_npz(hidden, depth, mlp, heads, patch, grid, classes, seed=0) -> dict:

@@ -191,7 +191,8 @@ class Checkpointer:
     for step in sorted(self.manager.all_steps(), reverse=True):
       state = self.restore_step(step, abstract_state, data_iterator)
       if state is not None:
-        logging.info('Resumed from checkpoint at step %d.', step)
+        logging.info('%s checkpoint at step %d.',
+                     'Restored (read-only) the' if self.read_only else 'Resumed from', step)
         return state
     return None
 
