@@ -30,6 +30,7 @@ from absl import logging
 import nets
 from nets import vit
 from pretrained import mapping
+from train import parallel
 
 # Format name -> module (imported when used: the readers' optional dependencies such
 # as torch load only for their own format).
@@ -189,17 +190,20 @@ def merge(fresh: dict, loaded: dict, source: str) -> tuple[dict, list[str]]:
 def initialise(config, state, sharding):
   """The canonical TrainState `state` (freshly initialised) with params and model state
   loaded from config.init_from and the optimizer state initialised for them, placed
-  with `sharding` (the engine's replicated sharding).
+  with `sharding` (the engine's replicated sharding). Works with multi-process arrays:
+  every process reads the same files and builds the same host values.
 
   Raises what `load` and `merge` raise."""
   loaded, info = load(config.init_from)
-  fresh = jax.device_get({'params': state.params, **state.model_state})
+  host = lambda tree: jax.tree.map(parallel.replica, tree)
+  fresh = host({'params': state.params, **state.model_state})
   variables, notes = merge(fresh, loaded, config.init_from)
   logging.info('Initialised from %s (%s, converted from %s).', config.init_from,
                info.get('architecture', info['model']), info.get('weights', '?'))
   for note in notes:
     logging.warning('init_from: %s', note)
   params = variables.pop('params')
-  state = state.replace(params=params, model_state=variables,
-                        opt_state=state.tx.init(params))
+  state = state.replace(step=parallel.replica(state.step), rng=parallel.replica(state.rng),
+                        params=params, model_state=variables,
+                        opt_state=jax.tree.map(np.asarray, state.tx.init(params)))
   return jax.device_put(state, sharding)
