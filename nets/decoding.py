@@ -49,7 +49,12 @@ def greedy_search(step_fn, cache, *, batch_size: int, max_length: int, bos_id: i
 
 def _gather_beams(tree, indices: jax.Array, batch_size: int, beam_size: int):
   """Reorders every [batch * beam, ...] leaf of `tree` by `indices` [batch, beam]
-  (beam positions); scalars (cache counters) are left alone."""
+  (beam positions). Other leaves are left alone: scalars (cache counters) and
+  per-input [batch, ...] leaves, which all beams of an input share (e.g. the
+  Transformer's cross-attention keys and values)."""
+  if beam_size == 1:  # The only beam is its own parent: nothing moves.
+    return tree
+
   def gather(x):
     if x.ndim == 0 or x.shape[0] != batch_size * beam_size:
       return x
@@ -64,8 +69,15 @@ def beam_search(step_fn, cache, *, batch_size: int, beam_size: int, max_length: 
                 pad_id: int = 0) -> tuple[jax.Array, jax.Array]:
   """Beam search with the Wu et al. 2016 length penalty.
 
-  `cache` must be laid out for batch_size * beam_size rows (each input repeated
-  beam_size times, e.g. with `jnp.repeat(x, beam_size, axis=0)` before building it).
+  `cache` holds [batch_size * beam_size, ...] leaves, each input's beams adjacent (as
+  `jnp.repeat(x, beam_size, axis=0)` lays them out): what each beam has decoded so far
+  (e.g. self-attention keys and values), reordered after every step to follow the
+  surviving beams' parents. Leaves of another leading size are never reordered: those
+  of [batch_size, ...] hold what depends on the input only (e.g. `Transformer`'s
+  cross-attention keys and values), the same for all its beams. Keeping them once per
+  input instead of repeating them beam_size times is what spares the reordering --
+  a gather of every source-sized array at every step -- and their memory; the model
+  broadcasts them over the beams (`nets.layers.MultiHeadAttention`).
 
   Returns (sequences [batch, beam, max_length] int32, scores [batch, beam] float32):
   each input's finished hypotheses sorted by length-penalised score, best first; a

@@ -81,13 +81,22 @@ class MultiHeadAttention(nn.Module):
     [batch, kv_length, features] (self-attention when None); returns
     [batch, q_length, features]. Raises ValueError if features % num_heads != 0.
 
-    decode: incremental self-attention with a key/value cache (the 'cache'
-    collection). Initialise it by calling once with decode=True on inputs of the
-    maximum length (only the shapes are used); each later call takes one position
-    [batch, 1, features], writes its key and value at the cache index and attends to
-    all positions written so far (`mask` is then ignored: earlier positions only).
+    decode: incremental decoding with the 'cache' collection (mutable). The first call
+    with decode=True creates this module's cache; each later call takes one position
+    [batch, 1, features].
+      Self-attention (inputs_kv None): the first call only sizes the cache, from
+      inputs of the maximum length (under `init` or `jax.eval_shape`: only shapes are
+      used); each later call writes its key and value at the cache index and attends
+      to all positions written so far (`mask` is then ignored: earlier positions only).
+      Cross-attention (inputs_kv given at the first call): the first call projects
+      inputs_kv [source_batch, kv_length, features] to keys and values and stores them
+      (so it must see the real inputs and parameters, under `apply`); later calls
+      attend to the stored ones and ignore inputs_kv (None is fine). The query batch
+      may be g * source_batch, rows i * g ... i * g + g - 1 reading source row i (beam
+      search: each input repeated g times), so keys and values are kept once per
+      source, not once per beam; `mask` must then broadcast to [source_batch, 1, 1,
+      kv_length].
     """
-    inputs_kv = inputs_q if inputs_kv is None else inputs_kv
     features = inputs_q.shape[-1]
     if features % self.num_heads:
       raise ValueError(f'features ({features}) must be divisible by num_heads ({self.num_heads})')
@@ -95,26 +104,55 @@ class MultiHeadAttention(nn.Module):
     dense = lambda name: nn.DenseGeneral((self.num_heads, head_dim), dtype=self.dtype,
                                          param_dtype=self.param_dtype,
                                          kernel_init=self.kernel_init, name=name)
-    query, key, value = dense('query')(inputs_q), dense('key')(inputs_kv), dense('value')(inputs_kv)
-    if decode:
+    query = dense('query')(inputs_q)
+    # Cached keys and values are stored heads first, [batch, heads, length, head_dim],
+    # the layout dot_product_attention computes in: its transposes of the swapped
+    # views below then cancel (XLA folds transpose pairs) instead of copying the whole
+    # cache twice per step, which on a CPU costs 5x the attention itself.
+    heads_first = lambda x: jnp.swapaxes(x, 1, 2)
+    cross = decode and (inputs_kv is not None or self.has_variable('cache', 'cross_key'))
+    if not cross:
+      inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+      key, value = dense('key')(inputs_kv), dense('value')(inputs_kv)
+    elif self.has_variable('cache', 'cross_key'):
+      # The source does not change while decoding: projecting it again at every step,
+      # in every layer, would redo the first call's work (kv_length positions against
+      # the step's one) for nothing.
+      key = heads_first(self.get_variable('cache', 'cross_key'))
+      value = heads_first(self.get_variable('cache', 'cross_value'))
+    else:
+      key, value = dense('key')(inputs_kv), dense('value')(inputs_kv)
+      self.put_variable('cache', 'cross_key', heads_first(key))
+      self.put_variable('cache', 'cross_value', heads_first(value))
+    if decode and not cross:
       initialised = self.has_variable('cache', 'cached_key')
-      cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
-      cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
+      shape = heads_first(key).shape
+      cached_key = self.variable('cache', 'cached_key', jnp.zeros, shape, key.dtype)
+      cached_value = self.variable('cache', 'cached_value', jnp.zeros, shape, value.dtype)
       index = self.variable('cache', 'cache_index', lambda: jnp.zeros((), jnp.int32))
       if initialised:
         if query.shape[1] != 1:
           raise ValueError(f'decode=True takes one position at a time, got {query.shape[1]}')
         i = index.value
-        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, i, 0, 0))
-        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, i, 0, 0))
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, heads_first(key),
+                                                        (0, 0, i, 0))
+        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, heads_first(value),
+                                                          (0, 0, i, 0))
         index.value = i + 1
-        key, value = cached_key.value, cached_value.value
+        key, value = heads_first(cached_key.value), heads_first(cached_value.value)
         mask = (jnp.arange(key.shape[1]) <= i)[None, None, None, :]  # (1, 1, 1, max_length)
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0:
       dropout_rng = self.make_rng('dropout')
+    batch, q_length = query.shape[:2]
+    if cross:
+      # A source's g beams as g * q_length query positions of its row: its keys are
+      # read once per step for all of them, in [g, head_dim] x [head_dim, kv_length]
+      # products rather than g vector products over g copies.
+      query = query.reshape((key.shape[0], -1) + query.shape[2:])
     out = dot_product_attention(query, key, value, mask, dropout_rate=self.dropout_rate,
                                 dropout_rng=dropout_rng, deterministic=deterministic)
+    out = out.reshape((batch, q_length) + out.shape[2:])
     return nn.DenseGeneral(features, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
                            kernel_init=self.kernel_init, name='out')(out)
 

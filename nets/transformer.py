@@ -9,7 +9,11 @@
   feed-forward: Dense(d_ff) -> ReLU -> dropout -> Dense(d_model) (Sec. 3.3)
 
 The attention core is `nets.layers.MultiHeadAttention` (shared with ViT), with a
-key/value cache for incremental decoding. Token id 0 is padding: padded source
+key/value cache for incremental decoding (`init_cache`, then `decode(..., decode=True)`):
+the cross-attention keys and values are projected from the encoded source once, when
+the cache is built, and kept once per source when beam search decodes several rows per
+source (so beam search has nothing source-sized to reorder); the self-attention ones,
+one set per row, grow by one position per step. Token id 0 is padding: padded source
 positions are never attended to, and the decoder's self-attention is causal.
 
 Named sizes (Table 3): base = 6+6 layers, d_model 512, 8 heads, d_ff 2048; big = 1024,
@@ -101,11 +105,16 @@ class DecoderLayer(LayerFields):
   """Causal self-attention, cross-attention and feed-forward sub-layers (Sec. 3.1, decoder)."""
 
   @nn.compact
-  def __call__(self, x: jax.Array, encoded: jax.Array, self_mask: Optional[jax.Array],
+  def __call__(self, x: jax.Array, encoded: Optional[jax.Array], self_mask: Optional[jax.Array],
                cross_mask: jax.Array, *, deterministic: bool, decode: bool = False) -> jax.Array:
     """x: [batch, target_length, d_model]; encoded: [batch, source_length, d_model];
-    self_mask: bool [batch, 1, target_length, target_length] (None when decoding);
-    cross_mask: bool [batch, 1, 1, source_length]."""
+    self_mask: bool [batch, 1, target_length, target_length];
+    cross_mask: bool [batch, 1, 1, source_length].
+
+    decode=True: self_mask is None; the cross-attention reads the keys and values its
+    first call projected and cached (MultiHeadAttention), so later calls may pass
+    encoded=None, and x may have a multiple of the source rows (beams; cross_mask
+    then has the source rows)."""
     sub = lambda name: SubLayer(self.pre_ln, self.dropout_rate, self.epsilon, self.dtype, name=name)
     attn = lambda name: layers.MultiHeadAttention(self.num_heads, self.attention_dropout_rate,
                                                   dtype=self.dtype, name=name)
@@ -114,7 +123,8 @@ class DecoderLayer(LayerFields):
         x, lambda y: self_attention(y, mask=self_mask, deterministic=deterministic, decode=decode),
         deterministic=deterministic)
     x = sub('cross_attention_block')(
-        x, lambda y: cross_attention(y, encoded, mask=cross_mask, deterministic=deterministic),
+        x, lambda y: cross_attention(y, encoded, mask=cross_mask, deterministic=deterministic,
+                                     decode=decode),
         deterministic=deterministic)
     mlp = layers.MlpBlock(self.d_ff, self.relu_dropout_rate, activation=nn.relu, dtype=self.dtype,
                           name='feed_forward')
@@ -123,13 +133,17 @@ class DecoderLayer(LayerFields):
 
 
 class DecodePosition(nn.Module):
-  """The position of the token being decoded: a counter in the 'cache' collection."""
+  """The position of the token being decoded: a counter in the 'cache' collection,
+  created (at 0) by the first call and advanced by each later one."""
 
   @nn.compact
   def __call__(self) -> jax.Array:
+    # Counted from the variable's existence, not `is_initializing()`: the cache is
+    # built under `apply` (`Transformer.init_cache`), which must not advance it.
+    initialised = self.has_variable('cache', 'index')
     index = self.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
     position = index.value
-    if not self.is_initializing():
+    if initialised:
       index.value = position + 1
     return position
 
@@ -234,7 +248,7 @@ class Transformer(nn.Module):
       x = layer(x, mask, deterministic=not train)
     return self.encoder_norm(x) if self.pre_ln else x
 
-  def decode(self, encoded: jax.Array, source: jax.Array, target_in: jax.Array, *,
+  def decode(self, encoded: Optional[jax.Array], source: jax.Array, target_in: jax.Array, *,
              source_segment_ids: Optional[jax.Array] = None,
              target_segment_ids: Optional[jax.Array] = None,
              target_position_ids: Optional[jax.Array] = None,
@@ -243,8 +257,11 @@ class Transformer(nn.Module):
 
     target_in: [batch, target_length] int32, the targets shifted right (starting with
     the start token). Segment and position ids: as in `encode`, for packed rows.
-    decode=True: one position per call ([batch, 1]) with the 'cache' collection
-    mutable; call `init_cache` first.
+    decode=True: one position per call, target_in [rows, 1], with the 'cache'
+    collection from `init_cache` mutable; source [sources, source_length] is the one
+    the cache was built for, not repeated per beam (rows = sources * beam_size, each
+    source's beams adjacent), and encoded is not read (None is fine): the cache holds
+    its cross-attention keys and values.
     """
     if decode:
       offset = self.decode_position()
@@ -270,14 +287,28 @@ class Transformer(nn.Module):
     return logits.astype(jnp.float32)
 
   @nn.nowrap
-  def init_cache(self, source: jax.Array, max_length: int):
-    """An empty decoding cache for `source` [batch, source_length] and outputs of up to
-    `max_length` tokens: {'cache': ...} to pass (mutable) to `decode(..., decode=True)`."""
-    encoded = jnp.zeros(source.shape + (self.d_model,), jnp.float32)
-    target = jnp.zeros((source.shape[0], max_length), jnp.int32)
-    variables = jax.eval_shape(lambda: self.init(
-        jax.random.key(0), encoded, source, target, decode=True, method=Transformer.decode))
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), {'cache': variables['cache']})
+  def init_cache(self, variables, encoded: jax.Array, source: jax.Array, max_length: int,
+                 beam_size: int = 1):
+    """The decoding cache, {'cache': ...} to pass (mutable) to `decode(..., decode=True)`.
+
+    variables: the model's {'params': ...}; encoded: [batch, source_length, d_model]
+    from `encode`; source: [batch, source_length] int32. Holds, per decoder layer, the
+    cross-attention keys and values of `encoded` ([batch, heads, source_length,
+    head_dim], projected here once instead of at every step, and once per source,
+    not per beam) and an empty self-attention cache ([batch * beam_size, heads,
+    max_length, head_dim]) for batch * beam_size rows of up to `max_length` tokens,
+    each source's beam_size rows adjacent (as `jnp.repeat(x, beam_size, axis=0)`
+    lays them out).
+    """
+    variables = {k: v for k, v in variables.items() if k != 'cache'}
+    target = jnp.zeros((source.shape[0] * beam_size, max_length), jnp.int32)
+    # One decode=True call creates every cache variable: the self-attention ones as
+    # zeros sized by `target`, the cross-attention ones from `encoded`. Its logits are
+    # discarded, so under jit (decoding always runs under one) XLA removes that pass
+    # and only the key/value projections are computed.
+    _, cache = self.apply(variables, encoded, source, target, decode=True, mutable=['cache'],
+                          method=Transformer.decode)
+    return {'cache': cache['cache']}
 
   def __call__(self, source: jax.Array, target_in: jax.Array, *,
                source_segment_ids: Optional[jax.Array] = None,

@@ -84,12 +84,12 @@ class Seq2SeqTask:
     source = batch['inputs']
     b, k = source.shape[0], self.beam_size
     encoded = model.apply(variables, source, method='encode')
-    if k > 1:  # Every input repeated beam_size times: rows b * k.
-      encoded, source = jnp.repeat(encoded, k, axis=0), jnp.repeat(source, k, axis=0)
-    cache = model.init_cache(source, self.max_decode_length)
+    # Decoding rows b * k (each input's k beams adjacent); the cache projects the
+    # cross-attention keys and values of `encoded` once, for the b inputs.
+    cache = model.init_cache(variables, encoded, source, self.max_decode_length, beam_size=k)
 
     def step_fn(tokens, cache):
-      logits, cache = model.apply({**variables, **cache}, encoded, source, tokens,
+      logits, cache = model.apply({**variables, **cache}, None, source, tokens,
                                   decode=True, mutable=['cache'], method='decode')
       return logits[:, 0], cache
 

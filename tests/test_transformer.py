@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import nets
-from nets import layers, transformer
+from nets import decoding, layers, transformer
 
 torch = pytest.importorskip('torch')
 
@@ -77,20 +77,30 @@ def test_packed_rows_equal_separate_sequences(positions):
 
 
 def test_cached_incremental_decoding_equals_full_decoding():
+  """Step by step with the cache = teacher forcing, with 3 different target rows per
+  source (beam search's layout) reading one copy of the source's cross-attention keys
+  and values, which the cache computes once and no step changes."""
+  beams = 3
   model = _tiny()
   source, target = _data()
   variables = model.init(jax.random.key(0), source, target)
-  full = model.apply(variables, source, target)
+  rows = jnp.repeat(source, beams, axis=0)
+  targets = jnp.asarray(np.random.default_rng(1).integers(1, 11, (3 * beams, 6)), jnp.int32)
+  full = model.apply(variables, rows, targets)
   encoded = model.apply(variables, source, method=transformer.Transformer.encode)
-  cache = model.init_cache(source, 12)
+  cache = model.init_cache(variables, encoded, source, 12, beam_size=beams)
+  cross = cache['cache']['decoder_layer1']['cross_attention']
+  assert cross['cross_key'].shape == (3, 2, 7, 8)  # [sources, heads, source_length, head_dim]
   steps = []
   for t in range(6):
-    logits, updates = model.apply({**variables, **cache}, encoded, source, target[:, t:t + 1],
-                                  decode=True, mutable=['cache'],
-                                  method=transformer.Transformer.decode)
-    cache = updates
+    logits, cache = model.apply({**variables, **cache}, None, source, targets[:, t:t + 1],
+                                decode=True, mutable=['cache'],
+                                method=transformer.Transformer.decode)
     steps.append(logits[:, 0])
   np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-5)
+  kept = cache['cache']['decoder_layer1']['cross_attention']
+  np.testing.assert_array_equal(kept['cross_key'], cross['cross_key'])
+  np.testing.assert_array_equal(kept['cross_value'], cross['cross_value'])
 
 
 def test_named_sizes_and_errors():
@@ -201,16 +211,35 @@ def test_encoder_and_decoder_layers_match_torch_post_ln():
 # --- Decoding ---------------------------------------------------------------------------------
 
 def _decoder(model, variables, source, beam=1):
-  """step_fn for `decoding` over `source` repeated `beam` times, and its empty cache."""
-  source = jnp.repeat(source, beam, axis=0)
+  """step_fn for `decoding` over `beam` rows per input of `source`, and its cache (as
+  tasks.seq2seq decodes)."""
   encoded = model.apply(variables, source, method=transformer.Transformer.encode)
-  cache = model.init_cache(source, model.max_length)
+  cache = model.init_cache(variables, encoded, source, model.max_length, beam_size=beam)
 
   def step_fn(tokens, cache):
-    logits, updates = model.apply({**variables, **cache}, encoded, source, tokens, decode=True,
+    logits, updates = model.apply({**variables, **cache}, None, source, tokens, decode=True,
                                   mutable=['cache'], method=transformer.Transformer.decode)
     return logits[:, 0], updates
   return step_fn, cache
+
+
+def _uncached_decoder(model, variables, source, beam=1):
+  """The reference: step_fn and state for `decoding` that recompute everything at every
+  step -- teacher-forced `decode` of the whole prefix so far, the source repeated per
+  beam -- with no key/value cache. Its state (the prefix [rows, length] and the step)
+  is reordered by beam search like a cache."""
+  source = jnp.repeat(source, beam, axis=0)
+  encoded = model.apply(variables, source, method=transformer.Transformer.encode)
+  state = {'prefix': jnp.zeros((source.shape[0], model.max_length), jnp.int32),
+           'step': jnp.zeros((), jnp.int32)}
+
+  def step_fn(tokens, state):
+    t = state['step']
+    prefix = jax.lax.dynamic_update_slice(state['prefix'], tokens, (0, t))
+    logits = model.apply(variables, encoded, source, prefix, method=transformer.Transformer.decode)
+    return (jax.lax.dynamic_index_in_dim(logits, t, axis=1, keepdims=False),
+            {'prefix': prefix, 'step': t + 1})
+  return step_fn, state
 
 
 def _sequence_logprob(model, variables, source, seq, bos=2, eos=1):
@@ -222,7 +251,6 @@ def _sequence_logprob(model, variables, source, seq, bos=2, eos=1):
 
 
 def test_beam_one_equals_greedy_and_beams_are_sorted_by_penalised_score():
-  from nets import decoding  # pylint: disable=import-outside-toplevel
   model = _tiny(max_length=8)
   source, target = _data()
   variables = model.init(jax.random.key(4), source, target)
@@ -261,3 +289,42 @@ def test_beam_one_equals_greedy_and_beams_are_sorted_by_penalised_score():
       logp, length = _sequence_logprob(model, variables, source[i], g)
       assert float(scores[i, 0]) >= logp / float(decoding.length_penalty(
           jnp.asarray(length), 0.6)) - 1e-4
+
+
+def _steered(step_fn):
+  """step_fn with the end token a little less likely, so that this random model's
+  hypotheses end at several lengths up to max_length (long ones are where the
+  self-attention caches must follow their beams), and padding (id 0) never chosen:
+  fed back, the reference would mask it as teacher forcing does, while the cache
+  attends to whatever it was fed."""
+  def steered(tokens, state):
+    logits, state = step_fn(tokens, state)
+    return logits.at[:, 1].add(-0.25).at[:, 0].set(decoding.NEG_INF), state
+  return steered
+
+
+def test_cached_decoding_gives_the_uncached_reference_outputs():
+  """Greedy and beam-4 search with the cache (cross-attention keys and values projected
+  once and kept once per input, only the self-attention caches reordered) give the
+  tokens and scores of the reference that recomputes every step from the prefix."""
+  model = _tiny(max_length=8)
+  source, target = _data()
+  variables = model.init(jax.random.key(5), source, target)
+  args = dict(batch_size=3, max_length=8, bos_id=2, eos_id=1)
+
+  def search(decoder, beam):
+    step_fn, state = decoder(model, variables, source, beam)
+    if beam == 1:
+      return decoding.greedy_search(_steered(step_fn), state, **args)
+    return decoding.beam_search(_steered(step_fn), state, beam_size=beam, alpha=0.6, **args)
+
+  got = jax.jit(lambda: search(_decoder, 1))()
+  np.testing.assert_array_equal(got, search(_uncached_decoder, 1))
+  seqs, scores = jax.jit(lambda: search(_decoder, 4))()
+  ref_seqs, ref_scores = search(_uncached_decoder, 4)
+  # Every output is a real hypothesis (no dead slot), of lengths 1 to max_length.
+  assert (np.asarray(ref_scores) > decoding.NEG_INF / 2).all()
+  lengths = {int((s > 0).sum()) for s in np.asarray(ref_seqs).reshape(12, 8)}
+  assert min(lengths) == 1 and max(lengths) == 8 and len(lengths) > 3
+  np.testing.assert_array_equal(np.asarray(seqs), np.asarray(ref_seqs))
+  np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-5)
