@@ -1,4 +1,5 @@
-"""Test setup: 8 fake CPU devices (set before JAX starts) and small shared fixtures."""
+"""Test setup: 8 fake CPU devices and the default XLA flags (set before JAX starts), and
+small shared fixtures."""
 
 import gzip
 import os
@@ -6,6 +7,8 @@ import struct
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 import jax  # noqa: E402
+
+import train  # noqa: E402,F401  (its default XLA flags, before any test computes)
 
 jax.config.update('jax_num_cpu_devices', 8)
 
