@@ -27,7 +27,8 @@ def test_user_value_wins_and_empty_environment():
 
 
 def test_convolutions_compile_without_ynnpack_here():
-  x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
+  # Compiled, not run; YNNPACK takes convolutions of this size (not tiny ones).
+  x, w = jnp.ones((16, 64, 64, 32)), jnp.ones((3, 3, 32, 32))
   conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
       x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
   hlo = conv.lower(x, w).compile().as_text()
