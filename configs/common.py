@@ -146,6 +146,7 @@ def get_segmentation_config() -> ml_collections.ConfigDict:
   c.model.depth = 4               # Poolings: input sides must be multiples of 2**depth.
   c.model.width = 1.0             # x the paper's filters (32, 64, 128, 256, 512).
   c.model.deep_supervision = True  # UNet++: a 1x1 head on each X^{0,j}, losses averaged.
+  c.model.encoder = 'plain'       # 'plain' (the papers') or a ResNet: 'resnet18', 'resnet34', ...
   c.data.source = 'fashion_mnist_scenes'  # 'fashion_mnist_scenes', 'stardist_nuclei', 'tfds'.
   c.data.name = 'fashion_mnist_scenes'    # tfds: 'oxford_iiit_pet'.
   c.data.train_split = 'train[:55000]'    # Scenes: Fashion-MNIST items each scene is made of;

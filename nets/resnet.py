@@ -112,8 +112,11 @@ class ResNet(nn.Module):
     stem: 'imagenet' (7x7/2 conv + 3x3/2 max-pool, total stride 32) or 'cifar'
       (3x3/1 conv, total stride 8).
     preact: full pre-activation blocks (ResNet v2).
-    features_only: return the outputs of the last three stages (C3, C4, C5; strides 8,
-      16, 32 with the ImageNet stem) instead of logits, e.g. for the YOLOv3 head.
+    features_only: return feature maps instead of logits: the last `num_features` of
+      (C1, C2, C3, C4, C5), C1 the stem's output before its max-pool and C2..C5 the
+      stages' (strides 2, 4, 8, 16, 32 with the ImageNet stem); the default 3 gives C3,
+      C4, C5 for the YOLOv3 head, 5 gives all levels for a UNet++ encoder.
+    num_features: how many feature levels `features_only` returns, 1..stages + 1.
     zero_init_last: zero-initialise the last BN scale (last conv in v2) of every block.
     num_channels: input channels (checked).
     axis_name: pmap axis for synchronised BatchNorm; the pmap engine sets 'data'.
@@ -127,6 +130,7 @@ class ResNet(nn.Module):
   stem: str = 'imagenet'
   preact: bool = False
   features_only: bool = False
+  num_features: int = 3
   zero_init_last: bool = False
   num_channels: int = 3
   axis_name: Optional[str] = None
@@ -135,10 +139,12 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
     """images: [batch, height, width, num_channels] float -> logits [batch, num_classes]
-    float32, or with features_only the last three stages' outputs (C3, C4, C5).
+    float32, or with features_only the last `num_features` feature levels (C3, C4, C5
+    by default), each [batch, h_i, w_i, c_i] in `dtype`.
 
-    Raises ValueError for an unknown depth/stem/block, a wrong channel count, or images
-    smaller than the total stride (32 for the ImageNet stem, 8 for the CIFAR stem).
+    Raises ValueError for an unknown depth/stem/block, a wrong channel count, images
+    smaller than the total stride (32 for the ImageNet stem, 8 for the CIFAR stem), or
+    num_features outside 1..stages + 1.
     """
     if self.stem not in STEMS:
       raise ValueError(f'Unknown stem {self.stem!r}; valid: {list(STEMS)}')
@@ -155,21 +161,21 @@ class ResNet(nn.Module):
     layers.check_image(images, self.num_channels, total_stride, name,
                        " or the 3x3/1 stem (stem='cifar')" if self.stem == 'imagenet' else '')
 
-    x = images.astype(self.dtype)
-    if self.stem == 'imagenet':
-      if self.preact:
-        x = layers.Conv(self.width, 7, 2, dtype=self.dtype, name='stem_conv')(x)
-      else:
-        x = layers.ConvBN(self.width, 7, 2, axis_name=self.axis_name, dtype=self.dtype,
-                          name='stem')(x, train=train)
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    elif self.preact:
-      x = layers.Conv(self.width, 3, 1, dtype=self.dtype, name='stem_conv')(x)
-    else:
-      x = layers.ConvBN(self.width, 3, 1, axis_name=self.axis_name, dtype=self.dtype,
-                        name='stem')(x, train=train)
+    if self.features_only and not 1 <= self.num_features <= len(stage_sizes) + 1:
+      raise ValueError(f'{name}: num_features must be in 1..{len(stage_sizes) + 1} (the stem '
+                       f'and {len(stage_sizes)} stages), got {self.num_features}')
 
-    outputs = []
+    x = images.astype(self.dtype)
+    kernel, stride = (7, 2) if self.stem == 'imagenet' else (3, 1)
+    if self.preact:
+      x = layers.Conv(self.width, kernel, stride, dtype=self.dtype, name='stem_conv')(x)
+    else:
+      x = layers.ConvBN(self.width, kernel, stride, axis_name=self.axis_name,
+                        dtype=self.dtype, name='stem')(x, train=train)
+    outputs = [x]   # C1
+    if self.stem == 'imagenet':
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
     for i, num_blocks in enumerate(stage_sizes):
       for j in range(num_blocks):
         x = ResidualBlock(self.width * 2 ** i, kind, strides=2 if i > 0 and j == 0 else 1,
@@ -181,7 +187,7 @@ class ResNet(nn.Module):
       x = outputs[-1] = nn.relu(layers.batch_norm(train=train, axis_name=self.axis_name,
                                                   dtype=self.dtype, name='final_bn')(x))
     if self.features_only:
-      return tuple(outputs[-3:])
+      return tuple(outputs[-self.num_features:])
     x = x.mean(axis=(1, 2))
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x)
     return logits.astype(jnp.float32)

@@ -45,6 +45,15 @@ et al. use unpadded ('valid') convolutions, cropped skip connections and no
 normalisation. Its nodes are X^{i,0} and X^{i,depth-i} (black in DLMIA Fig. 1a), with the
 same H, Up and filters, so U-Net and UNet++ are comparable.
 
+Encoder (`encoder`): 'plain' is the papers' (X^{i,0} = H(Pool(X^{i-1,0}))). 'resnet18',
+'resnet34', 'resnet50', ... take X^{0,0}..X^{depth,0} from a ResNet of nets/resnet.py
+(He et al. 2016) instead: its stem output C1 (stride 2) and stage outputs C2..C5
+(strides 4..32), as the TMI paper also builds UNet++ on ResNet and other backbones,
+and as common UNet++ implementations do. Level 0 is then at half
+resolution, so every head's logits are resized bilinearly x2 to the input's size; the
+ResNet is `width` x 64 channels wide (64 at width 1, as He et al.) and the decoder nodes
+X^{i,j>=1} keep filters[i] x width. A pruned L^k runs only the first k ResNet stages.
+
 Parameter counts, 1 input channel, 1 class: U-Net 7,762,465 and UNet++ without deep
 supervision 9,045,249 (9,045,348 with it): the Keras reference's (MrGiovanni/UNetPlusPlus,
 model_logic.py) 7,759,521 and 9,041,601, whose 3x3 convolutions have a bias and no
@@ -60,9 +69,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nets import layers
+from nets import layers, resnet
 
 FILTERS = (32, 64, 128, 256, 512)   # Channels of H at levels 0..4 (the papers' setting).
+ENCODERS = ('plain', *(f'resnet{d}' for d in resnet.DEPTHS))
 
 
 def scaled_filters(filters: Sequence[int], width: float) -> tuple[int, ...]:
@@ -138,10 +148,47 @@ def _check_images(images: jax.Array, levels: int, model: str) -> None:
                      f'crop them to a multiple of {multiple}')
 
 
-def _check_depth(filters: Sequence[int], depth: int, model: str) -> None:
+def _check_depth(filters: Sequence[int], depth: int, encoder: str, model: str) -> None:
+  if encoder not in ENCODERS:
+    raise ValueError(f'{model}: unknown encoder {encoder!r}; valid: {list(ENCODERS)}')
   if not 1 <= depth < len(filters):
     raise ValueError(f'{model}: depth must be in 1..{len(filters) - 1} (len(filters) - 1 '
                      f'poolings), got {depth}')
+
+
+def _encoder_stride(encoder: str) -> int:
+  """Downsampling of level 0: 1 for the plain encoder, 2 for a ResNet's (its stem)."""
+  return 1 if encoder == 'plain' else 2
+
+
+def _encode(images: jax.Array, levels: int, filters: Sequence[int], encoder: str,
+            width: float, axis_name: Optional[str], dtype: Any, train: bool) -> list:
+  """The encoder nodes [X^{0,0}, ..., X^{levels,0}], called inside a UNet's compact
+  __call__ (the submodules become the caller's: 'X_{i}_0' or 'encoder')."""
+  if encoder == 'plain':
+    x = [ConvBlock(filters[0], axis_name, dtype, name='X_0_0')(images, train=train)]
+    for i in range(1, levels + 1):
+      pooled = nn.max_pool(x[-1], (2, 2), strides=(2, 2))
+      x.append(ConvBlock(filters[i], axis_name, dtype, name=f'X_{i}_0')(pooled, train=train))
+    return x
+  depth = int(encoder[len('resnet'):])
+  stages = resnet.DEPTHS[depth][0]
+  if levels > len(stages):
+    raise ValueError(f'encoder {encoder!r} has {len(stages)} stages, so depth (or level) '
+                     f'<= {len(stages)}, got {levels}')
+  return list(resnet.ResNet(
+      num_classes=0, depth=depth, stage_sizes=stages[:levels],
+      width=max(1, int(np.floor(64 * width + 0.5))), features_only=True,
+      num_features=levels + 1, num_channels=images.shape[-1], axis_name=axis_name,
+      dtype=dtype, name='encoder')(images, train=train))
+
+
+def _to_input_size(logits: jax.Array, images: jax.Array) -> jax.Array:
+  """Bilinear resize of [b, h, w, k] logits to the images' height and width."""
+  if logits.shape[1:3] == images.shape[1:3]:
+    return logits
+  return jax.image.resize(logits, (*logits.shape[:1], *images.shape[1:3], logits.shape[-1]),
+                          'bilinear')
 
 
 class UNetPlusPlus(nn.Module):
@@ -157,6 +204,8 @@ class UNetPlusPlus(nn.Module):
     width: multiplier of `filters` (rounded, at least 1 channel).
     depth: number of poolings (levels 1..depth below full resolution), 1..len(filters) - 1.
     deep_supervision: heads on X^{0,1}, ..., X^{0,depth}; else only on X^{0,depth}.
+    encoder: 'plain' (the papers') or a ResNet, e.g. 'resnet18' (module docstring);
+      ENCODERS lists them.
     dtype: compute dtype; parameters, BatchNorm statistics and logits stay float32.
     axis_name: pmap axis for synchronised BatchNorm; the pmap engine sets 'data'.
   """
@@ -165,6 +214,7 @@ class UNetPlusPlus(nn.Module):
   width: float = 1.0
   depth: int = 4
   deep_supervision: bool = True
+  encoder: str = 'plain'
   dtype: Any = jnp.float32
   axis_name: Optional[str] = None
 
@@ -181,24 +231,26 @@ class UNetPlusPlus(nn.Module):
     Returns the heads on X^{0,1}, ..., X^{0,L} with deep supervision, else the 1-tuple
     (head on X^{0,L}), L = level or depth.
 
-    Raises ValueError for a depth outside 1..len(filters) - 1, a level outside
-    1..depth, a level other than depth without deep supervision (there is no trained
-    head on X^{0,level}), or images whose height or width is not a multiple of 2**L.
+    Raises ValueError for an unknown encoder, a depth outside 1..len(filters) - 1 (or
+    above a ResNet encoder's stage count), a level outside 1..depth, a level other than
+    depth without deep supervision (there is no trained head on X^{0,level}), or images
+    whose height or width is not a multiple of 2**L (2**(L + 1) with a ResNet encoder).
     """
-    _check_depth(self.filters, self.depth, 'UNet++')
+    _check_depth(self.filters, self.depth, self.encoder, 'UNet++')
     L = self.depth if level is None else level
     if not 1 <= L <= self.depth:
       raise ValueError(f'UNet++: level must be in 1..depth = 1..{self.depth}, got {level}')
     if not self.deep_supervision and L != self.depth:
       raise ValueError(f'UNet++ without deep supervision has only the head on X^(0,{self.depth}); '
                        f'level={level} needs deep_supervision=True')
-    _check_images(images, L, f'UNet++ L^{L}')
+    stride = _encoder_stride(self.encoder)
+    _check_images(images, L + stride - 1, f'UNet++ L^{L}')
     filters = scaled_filters(self.filters, self.width)
     node = lambda i, j: ConvBlock(filters[i], self.axis_name, self.dtype, name=f'X_{i}_{j}')
 
-    x = {(0, 0): node(0, 0)(images.astype(self.dtype), train=train)}
-    for i in range(1, L + 1):
-      x[i, 0] = node(i, 0)(nn.max_pool(x[i - 1, 0], (2, 2), strides=(2, 2)), train=train)
+    encoded = _encode(images.astype(self.dtype), L, filters, self.encoder, self.width,
+                      self.axis_name, self.dtype, train)
+    x = {(i, 0): e for i, e in enumerate(encoded)}
     for j in range(1, L + 1):
       for i in range(L - j + 1):
         up = UpConv(filters[i], self.dtype, name=f'up_{i}_{j}')(x[i + 1, j - 1])
@@ -206,8 +258,8 @@ class UNetPlusPlus(nn.Module):
         x[i, j] = node(i, j)(jnp.concatenate(skips + [up], axis=-1), train=train)
 
     heads = range(1, L + 1) if self.deep_supervision else (L,)
-    return tuple(nn.Dense(self.num_classes, dtype=self.dtype, name=f'head_{j}')(x[0, j])
-                 .astype(jnp.float32) for j in heads)
+    return tuple(_to_input_size(nn.Dense(self.num_classes, dtype=self.dtype, name=f'head_{j}')(
+        x[0, j]).astype(jnp.float32), images) for j in heads)
 
 
 class UNet(nn.Module):
@@ -227,6 +279,7 @@ class UNet(nn.Module):
   width: float = 1.0
   depth: int = 4
   deep_supervision: bool = False
+  encoder: str = 'plain'
   dtype: Any = jnp.float32
   axis_name: Optional[str] = None
 
@@ -236,26 +289,26 @@ class UNet(nn.Module):
     """images: [batch, height, width, channels] float -> 1-tuple of logits
     [batch, height, width, num_classes] float32.
 
-    Raises ValueError for a level other than None (U-Net cannot be pruned), a depth
-    outside 1..len(filters) - 1, or a height or width not a multiple of 2**depth.
+    Raises ValueError for a level other than None (U-Net cannot be pruned), an unknown
+    encoder, a depth outside 1..len(filters) - 1, or a height or width not a multiple
+    of 2**depth (2**(depth + 1) with a ResNet encoder).
     """
     if level is not None:
       raise ValueError(f'U-Net cannot be pruned (level={level}); use UNetPlusPlus (unetpp)')
-    _check_depth(self.filters, self.depth, 'U-Net')
-    _check_images(images, self.depth, 'U-Net')
+    _check_depth(self.filters, self.depth, self.encoder, 'U-Net')
+    _check_images(images, self.depth + _encoder_stride(self.encoder) - 1, 'U-Net')
     filters = scaled_filters(self.filters, self.width)
     node = lambda i, j: ConvBlock(filters[i], self.axis_name, self.dtype, name=f'X_{i}_{j}')
 
-    skips = [node(0, 0)(images.astype(self.dtype), train=train)]
-    for i in range(1, self.depth + 1):
-      skips.append(node(i, 0)(nn.max_pool(skips[-1], (2, 2), strides=(2, 2)), train=train))
+    skips = _encode(images.astype(self.dtype), self.depth, filters, self.encoder, self.width,
+                    self.axis_name, self.dtype, train)
     x = skips.pop()
     for i in reversed(range(self.depth)):
       j = self.depth - i
       up = UpConv(filters[i], self.dtype, name=f'up_{i}_{j}')(x)
       x = node(i, j)(jnp.concatenate([skips[i], up], axis=-1), train=train)
     head = nn.Dense(self.num_classes, dtype=self.dtype, name=f'head_{self.depth}')
-    return (head(x).astype(jnp.float32),)
+    return (_to_input_size(head(x).astype(jnp.float32), images),)
 
 
 def level_costs(model: UNetPlusPlus, image_shape: Sequence[int],

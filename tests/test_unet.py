@@ -227,3 +227,40 @@ def test_up_conv_is_the_stride_2_transposed_convolution():
     for q in range(2):
       expected[:, p::2, q::2] = np.einsum('bhwc,cf->bhwf', x, kernel[p, q]) + bias
   np.testing.assert_allclose(layer.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_resnet_encoder_levels_pruning_and_errors():
+  """encoder='resnet18': X^{i,0} are the ResNet's C1..C5 (strides 2..32), the heads are
+  resized to the input, L^k runs only the first k stages and equals head k exactly."""
+  model = _model(encoder='resnet18', width=0.25)
+  images = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+  variables = _random_variables(model, images.shape)
+  encoder = variables['params']['encoder']
+  assert 'stem' in encoder and 'stage4_block2' in encoder and 'X_0_0' not in variables['params']
+  chex.assert_shape(encoder['stem']['conv']['kernel'], (7, 7, 3, 16))   # 64 x width
+  _assert_pruned_heads_equal_full_heads(model, variables, images, levels=[1, 3], jit=False)
+  for k in (1, 2):
+    pruned, _ = _heads_shapes(model, (1, 32, 32, 3), level=k)
+    assert {s for s in pruned['params']['encoder'] if s.startswith('stage')} == {
+        f'stage{i}_block{b}' for i in range(1, k + 1) for b in (1, 2)}
+  _, heads = _heads_shapes(unet.UNet(CLASSES, FILTERS, encoder='resnet34', depth=3),
+                           (2, 32, 48, 1))
+  chex.assert_shape(heads[0], (2, 32, 48, CLASSES))
+  with pytest.raises(ValueError, match=r'\(1, 16, 16, 3\).*32'):   # 2**(depth + 1)
+    _heads_shapes(model, (1, 16, 16, 3))
+  with pytest.raises(ValueError, match=r"unknown encoder 'vgg'.*resnet18"):
+    _heads_shapes(_model(encoder='vgg'), (1, 32, 32, 3))
+
+
+def test_resnet_features_only_returns_the_last_levels():
+  images = jnp.zeros((1, 64, 64, 3))
+  model = nets.build('resnet18', num_classes=0, width=8, features_only=True, num_features=5)
+  features = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0], images)
+  assert [f.shape for f in features] == [(1, 32, 32, 8), (1, 16, 16, 8), (1, 8, 8, 16),
+                                         (1, 4, 4, 32), (1, 2, 2, 64)]
+  default = nets.build('resnet18', num_classes=0, width=8, features_only=True)
+  features = jax.eval_shape(lambda x: default.init_with_output(jax.random.key(0), x)[0], images)
+  assert [f.shape[1] for f in features] == [8, 4, 2]
+  with pytest.raises(ValueError, match=r'num_features must be in 1..5'):
+    nets.build('resnet18', num_classes=0, features_only=True, num_features=6).init(
+        jax.random.key(0), images)
