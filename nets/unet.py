@@ -178,7 +178,7 @@ def _encode(images: jax.Array, levels: int, filters: Sequence[int], encoder: str
                      f'<= {len(stages)}, got {levels}')
   return list(resnet.ResNet(
       num_classes=0, depth=depth, stage_sizes=stages[:levels],
-      width=max(1, int(np.floor(64 * width + 0.5))), features_only=True,
+      width=scaled_filters((64,), width)[0], features_only=True,
       num_features=levels + 1, num_channels=images.shape[-1], axis_name=axis_name,
       dtype=dtype, name='encoder')(images, train=train))
 
