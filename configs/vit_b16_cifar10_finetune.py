@@ -41,6 +41,8 @@ def get_config():
   c.model.num_channels = 3
   c.model.classifier = 'token'
   c.model.dropout_rate = 0.0
+  c.model.attention_impl = 'auto'  # 'auto' (cuDNN flash attention on a GPU in bf16/fp16,
+                                  # else batched matmuls), 'matmul', 'xla' or 'cudnn'.
   c.augment.random_resized_crop_size = resolution
   c.augment.random_resized_crop_scale = (0.08, 1.0)
   c.augment.flip = True

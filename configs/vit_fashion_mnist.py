@@ -30,6 +30,8 @@ def get_config():
   c.model.classifier = 'token'
   c.model.dropout_rate = 0.0
   c.model.drop_path_rate = 0.0
+  c.model.attention_impl = 'auto'  # 'auto' (cuDNN flash attention on a GPU in bf16/fp16,
+                                  # else batched matmuls), 'matmul', 'xla' or 'cudnn'.
   c.num_epochs = 23.0
   c.batch_size = 128
   c.eval_batch_size = 1000

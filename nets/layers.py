@@ -16,6 +16,36 @@ import jax.numpy as jnp
 
 Dtype = Any
 
+# How the attention core is computed (MultiHeadAttention.attention_impl):
+#   'matmul': this module's batched-matmul formulation (the fastest measured on CPU);
+#   'xla':    jax.nn.dot_product_attention(implementation='xla');
+#   'cudnn':  jax.nn.dot_product_attention(implementation='cudnn'), cuDNN's fused flash
+#             attention (NVIDIA GPUs; float16/bfloat16, head_dim a multiple of 8, <= 128);
+#   'auto':   'cudnn' where it applies (GPU backend, half-precision compute, a supported
+#             head_dim, no attention dropout in this call), else 'matmul'.
+ATTENTION_IMPLS = ('auto', 'matmul', 'xla', 'cudnn')
+
+
+def resolve_attention_impl(impl: str, *, dtype: Dtype, head_dim: int,
+                           dropout_active: bool) -> str:
+  """The concrete attention core ('matmul', 'xla' or 'cudnn') for `impl` (ATTENTION_IMPLS).
+
+  Raises:
+    ValueError: an unknown impl, or attention dropout with 'xla'/'cudnn' (jax.nn's fused
+      attention has no dropout on the weights).
+  """
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f'Unknown attention_impl {impl!r}; valid: {ATTENTION_IMPLS}')
+  if impl == 'auto':
+    fused_ok = (jax.default_backend() == 'gpu' and not dropout_active
+                and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+                and head_dim % 8 == 0 and head_dim <= 128)
+    return 'cudnn' if fused_ok else 'matmul'
+  if impl != 'matmul' and dropout_active:
+    raise ValueError(f'attention_impl={impl!r} has no attention dropout; set '
+                     f"attention_dropout_rate=0 or use 'matmul' / 'auto'")
+  return impl
+
 
 def dot_product_attention(query: jax.Array,
                           key: jax.Array,
@@ -24,12 +54,15 @@ def dot_product_attention(query: jax.Array,
                           *,
                           dropout_rate: float = 0.0,
                           dropout_rng: Optional[jax.Array] = None,
-                          deterministic: bool = True) -> jax.Array:
+                          deterministic: bool = True,
+                          implementation: str = 'matmul') -> jax.Array:
   """Scaled dot-product attention, softmax(Q K^T / sqrt(d)) V (Vaswani et al. 2017, Eq. 1).
 
-  The one attention core of the codebase (ViT and the Transformer use it). Heads are
-  moved next to the batch so both products are plain batched matmuls, which XLA's CPU
-  backend runs 3-4x faster than the equivalent einsum over [b, l, h, d].
+  The one attention core of the codebase (ViT and the Transformer use it). With
+  implementation='matmul', heads are moved next to the batch so both products are plain
+  batched matmuls, which XLA's CPU backend runs 3-4x faster than the equivalent einsum
+  over [b, l, h, d]; 'xla' and 'cudnn' hand the same computation to
+  jax.nn.dot_product_attention (cuDNN flash attention, Dao 2023, on NVIDIA GPUs).
 
   Args:
     query: [batch, q_length, heads, head_dim].
@@ -40,10 +73,17 @@ def dot_product_attention(query: jax.Array,
     dropout_rate: dropout probability on the attention weights.
     dropout_rng: PRNG key, required when dropout is active.
     deterministic: disables dropout when True.
+    implementation: 'matmul', 'xla' or 'cudnn' (resolve_attention_impl gives one).
 
   Returns:
     [batch, q_length, heads, head_dim] in the dtype of `query`.
   """
+  if implementation != 'matmul':
+    if mask is not None:
+      mask = jnp.broadcast_to(mask, mask.shape[:-2] + (query.shape[1], key.shape[1]))
+      mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape).astype(bool)
+    return jax.nn.dot_product_attention(query, key, value, mask=mask,
+                                        implementation=implementation)
   heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # (B, L, H, D) -> (B, H, L, D)
   query = query / jnp.sqrt(query.shape[-1]).astype(query.dtype)
   logits = jnp.matmul(heads_first(query), jnp.swapaxes(heads_first(key), -1, -2))  # (B, H, Q, K)
@@ -66,9 +106,12 @@ class MultiHeadAttention(nn.Module):
   Attributes:
     num_heads: number of heads; `features` of the input must divide by it.
     dropout_rate: dropout on the attention weights.
+    attention_impl: the attention core, one of ATTENTION_IMPLS ('auto': cuDNN flash
+      attention on a GPU in bfloat16/float16, the batched-matmul formulation elsewhere).
   """
   num_heads: int
   dropout_rate: float = 0.0
+  attention_impl: str = 'auto'
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: Callable = nn.initializers.xavier_uniform()
@@ -141,9 +184,10 @@ class MultiHeadAttention(nn.Module):
         index.value = i + 1
         key, value = heads_first(cached_key.value), heads_first(cached_value.value)
         mask = (jnp.arange(key.shape[1]) <= i)[None, None, None, :]  # (1, 1, 1, max_length)
-    dropout_rng = None
-    if not deterministic and self.dropout_rate > 0:
-      dropout_rng = self.make_rng('dropout')
+    dropout_active = not deterministic and self.dropout_rate > 0
+    impl = resolve_attention_impl(self.attention_impl, dtype=query.dtype, head_dim=head_dim,
+                                  dropout_active=dropout_active)
+    dropout_rng = self.make_rng('dropout') if dropout_active else None
     batch, q_length = query.shape[:2]
     if cross:
       # A source's g beams as g * q_length query positions of its row: its keys are
@@ -151,7 +195,8 @@ class MultiHeadAttention(nn.Module):
       # products rather than g vector products over g copies.
       query = query.reshape((key.shape[0], -1) + query.shape[2:])
     out = dot_product_attention(query, key, value, mask, dropout_rate=self.dropout_rate,
-                                dropout_rng=dropout_rng, deterministic=deterministic)
+                                dropout_rng=dropout_rng, deterministic=deterministic,
+                                implementation=impl)
     out = out.reshape((batch, q_length) + out.shape[2:])
     return nn.DenseGeneral(features, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
                            kernel_init=self.kernel_init, name='out')(out)

@@ -81,6 +81,7 @@ class LayerFields(nn.Module):
   relu_dropout_rate: float = 0.0
   pre_ln: bool = False
   epsilon: float = 1e-6
+  attention_impl: str = 'auto'
   dtype: Any = jnp.float32
 
 
@@ -92,7 +93,8 @@ class EncoderLayer(LayerFields):
     """x: [batch, source_length, d_model]; mask: bool [batch, 1, 1, source_length]."""
     sub = lambda name: SubLayer(self.pre_ln, self.dropout_rate, self.epsilon, self.dtype, name=name)
     attention = layers.MultiHeadAttention(self.num_heads, self.attention_dropout_rate,
-                                          dtype=self.dtype, name='self_attention')
+                                          self.attention_impl, dtype=self.dtype,
+                                          name='self_attention')
     x = sub('attention_block')(
         x, lambda y: attention(y, mask=mask, deterministic=deterministic), deterministic=deterministic)
     mlp = layers.MlpBlock(self.d_ff, self.relu_dropout_rate, activation=nn.relu, dtype=self.dtype,
@@ -117,7 +119,8 @@ class DecoderLayer(LayerFields):
     then has the source rows)."""
     sub = lambda name: SubLayer(self.pre_ln, self.dropout_rate, self.epsilon, self.dtype, name=name)
     attn = lambda name: layers.MultiHeadAttention(self.num_heads, self.attention_dropout_rate,
-                                                  dtype=self.dtype, name=name)
+                                                  self.attention_impl, dtype=self.dtype,
+                                                  name=name)
     self_attention, cross_attention = attn('self_attention'), attn('cross_attention')
     x = sub('self_attention_block')(
         x, lambda y: self_attention(y, mask=self_mask, deterministic=deterministic, decode=decode),
@@ -161,6 +164,8 @@ class Transformer(nn.Module):
     position_encoding: 'sinusoidal' (Sec. 3.5) or 'learned'.
     pre_ln: pre-LN sub-layers plus a final LayerNorm in each stack; post-LN otherwise.
     max_length: longest sequence (learned positions; the decoding cache).
+    attention_impl: the attention core, one of nets.layers.ATTENTION_IMPLS ('auto': cuDNN
+      flash attention on a GPU in bfloat16/float16, batched matmuls elsewhere).
     dtype: compute dtype; parameters stay float32.
   """
   source_vocab_size: int
@@ -178,6 +183,7 @@ class Transformer(nn.Module):
   pre_ln: bool = False
   layer_norm_epsilon: float = 1e-6
   max_length: int = 256
+  attention_impl: str = 'auto'
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -205,7 +211,8 @@ class Transformer(nn.Module):
     kwargs = dict(num_heads=self.num_heads, d_ff=self.d_ff, dropout_rate=self.dropout_rate,
                   attention_dropout_rate=self.attention_dropout_rate,
                   relu_dropout_rate=self.relu_dropout_rate, pre_ln=self.pre_ln,
-                  epsilon=self.layer_norm_epsilon, dtype=self.dtype)
+                  epsilon=self.layer_norm_epsilon, attention_impl=self.attention_impl,
+                  dtype=self.dtype)
     self.encoder_layers = [EncoderLayer(**kwargs, name=f'encoder_layer{i}')
                            for i in range(self.num_encoder_layers)]
     self.decoder_layers = [DecoderLayer(**kwargs, name=f'decoder_layer{i}')

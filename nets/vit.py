@@ -38,6 +38,7 @@ class EncoderBlock(nn.Module):
   attention_dropout_rate: float = 0.0
   drop_path_rate: float = 0.0
   approximate_gelu: bool = True
+  attention_impl: str = 'auto'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -45,7 +46,8 @@ class EncoderBlock(nn.Module):
     """x: [batch, tokens, hidden] -> same shape."""
     drop_path = layers.DropPath(self.drop_path_rate)
     y = nn.LayerNorm(dtype=self.dtype, name='ln_attention')(x)
-    y = layers.MultiHeadAttention(self.num_heads, self.attention_dropout_rate, dtype=self.dtype,
+    y = layers.MultiHeadAttention(self.num_heads, self.attention_dropout_rate,
+                                  self.attention_impl, dtype=self.dtype,
                                   name='attention')(y, deterministic=deterministic)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     x = x + drop_path(y, deterministic=deterministic)
@@ -92,6 +94,8 @@ class VisionTransformer(nn.Module):
       default, what the original JAX ViT and big_vision compute) or exact with erf
       (False: `torch.nn.GELU()`, what timm's ViT computes; set by an imported timm
       state_dict so the model computes what timm does). Parameters are the same.
+    attention_impl: the attention core, one of nets.layers.ATTENTION_IMPLS ('auto': cuDNN
+      flash attention on a GPU in bfloat16/float16, batched matmuls elsewhere).
     dtype: compute dtype; parameters stay float32.
   """
   num_classes: int
@@ -107,6 +111,7 @@ class VisionTransformer(nn.Module):
   classifier: str = 'token'
   num_channels: int = 3
   approximate_gelu: bool = True
+  attention_impl: str = 'auto'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -147,7 +152,8 @@ class VisionTransformer(nn.Module):
       rate = self.drop_path_rate * i / max(self.num_layers - 1, 1)
       x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
                        self.attention_dropout_rate, rate, self.approximate_gelu,
-                       dtype=self.dtype, name=f'encoder_block_{i}')(x, deterministic=deterministic)
+                       self.attention_impl, dtype=self.dtype,
+                       name=f'encoder_block_{i}')(x, deterministic=deterministic)
     x = nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
     x = x[:, 0] if self.classifier == 'token' else x.mean(axis=1)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,

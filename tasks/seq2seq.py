@@ -5,6 +5,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from nets import decoding
@@ -138,12 +139,23 @@ def evaluators(config, data, predict_fn, engine) -> list:
   return [evaluators_lib.GatherEvaluator(predict_fn, engine, data.score)]
 
 
+BENCH_VOCAB_SIZE = 64  # Vocabulary of configs without data.vocab_size (G2P: ~30-70 symbols).
+
+
 def bench_inputs(config, image_size, batch_size, rng):
-  """Not timed here: raises ValueError."""
-  del image_size, batch_size, rng
-  raise ValueError(f'train.bench times fixed-shape steps on random inputs; seq2seq runs '
-                   f'(task={config.task!r}) report their throughput in the training log, and '
-                   '`python -m train.predict --eval` times decoding.')
+  """(DataSpec, host batch) of random token rows for train.bench: every row one sequence
+  of config.data.max_length tokens (no padding, so tokens/s = examples/s x max_length),
+  ids in [3, vocab) with vocab = config.data.vocab_size (shared, e.g. WMT's 32,000), else
+  BENCH_VOCAB_SIZE. image_size is ignored."""
+  from data import pipeline  # pylint: disable=import-outside-toplevel
+  del image_size
+  vocab = config.data.get('vocab_size', BENCH_VOCAB_SIZE)
+  shape = (batch_size, config.data.max_length)
+  batch = {'inputs': rng.integers(3, vocab, shape).astype(np.int32),
+           'targets': rng.integers(3, vocab, shape).astype(np.int32)}
+  sample = np.zeros((1, config.data.max_length), np.int32)
+  return pipeline.DataSpec({'source_vocab_size': vocab, 'target_vocab_size': vocab},
+                           (sample, sample)), batch
 
 
 def predict_cli(config, data, predict_batch, inputs: dict) -> None:

@@ -303,11 +303,13 @@ def _steered(step_fn):
   return steered
 
 
-def test_cached_decoding_gives_the_uncached_reference_outputs():
+@pytest.mark.parametrize('attention_impl', ['auto', 'xla'])
+def test_cached_decoding_gives_the_uncached_reference_outputs(attention_impl):
   """Greedy and beam-4 search with the cache (cross-attention keys and values projected
   once and kept once per input, only the self-attention caches reordered) give the
-  tokens and scores of the reference that recomputes every step from the prefix."""
-  model = _tiny(max_length=8)
+  tokens and scores of the reference that recomputes every step from the prefix; with
+  the matmul core ('auto' on a CPU) and with jax.nn's fused-attention entry point."""
+  model = _tiny(max_length=8, attention_impl=attention_impl)
   source, target = _data()
   variables = model.init(jax.random.key(5), source, target)
   args = dict(batch_size=3, max_length=8, bos_id=2, eos_id=1)
@@ -328,3 +330,24 @@ def test_cached_decoding_gives_the_uncached_reference_outputs():
   assert min(lengths) == 1 and max(lengths) == 8 and len(lengths) > 3
   np.testing.assert_array_equal(np.asarray(seqs), np.asarray(ref_seqs))
   np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_impls_give_the_same_logits_and_gradients():
+  """jax.nn.dot_product_attention ('xla') computes what the matmul core does, with the
+  padding and causal masks of training; attention dropout in training is refused."""
+  source, target = _data()
+  variables = _tiny().init(jax.random.key(6), source, target)
+
+  def loss(params, impl):
+    logits = _tiny(attention_impl=impl).apply({'params': params}, source, target)
+    return jnp.sum(logits ** 2), logits
+
+  ref_grad, ref = jax.grad(loss, has_aux=True)(variables['params'], 'matmul')
+  grad, got = jax.grad(loss, has_aux=True)(variables['params'], 'xla')
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grad, ref_grad)
+  with pytest.raises(ValueError, match='no attention dropout'):
+    _tiny(attention_impl='xla', attention_dropout_rate=0.1).apply(
+        variables, source, target, train=True, rngs={'dropout': jax.random.key(0)})
+  with pytest.raises(ValueError, match="valid: \\('auto', 'matmul'"):
+    _tiny(attention_impl='flash').apply(variables, source, target)

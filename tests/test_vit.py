@@ -83,6 +83,22 @@ def test_attention_matches_reference_formula():
   np.testing.assert_allclose(out, jax.nn.dot_product_attention(q, k, v, mask=mask), atol=1e-5)
 
 
+def test_attention_impl_auto_picks_cudnn_only_where_it_applies(monkeypatch):
+  resolve = lambda **kw: layers.resolve_attention_impl(
+      'auto', **{**dict(dtype=jnp.bfloat16, head_dim=64, dropout_active=False), **kw})
+  assert jax.default_backend() == 'cpu' and resolve() == 'matmul'
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert resolve() == 'cudnn'
+  assert resolve(dtype=jnp.float16) == 'cudnn'
+  for unsupported in (dict(dtype=jnp.float32), dict(head_dim=12), dict(head_dim=256),
+                      dict(dropout_active=True)):
+    assert resolve(**unsupported) == 'matmul', unsupported
+  assert layers.resolve_attention_impl('xla', dtype=jnp.float32, head_dim=12,
+                                       dropout_active=False) == 'xla'
+  with pytest.raises(ValueError, match='no attention dropout'):
+    layers.resolve_attention_impl('cudnn', dtype=jnp.bfloat16, head_dim=64, dropout_active=True)
+
+
 def test_drop_path_drops_whole_examples():
   x = jnp.ones((1000, 4))
   y = layers.DropPath(0.25).apply({}, x, deterministic=False, rngs={'dropout': jax.random.key(0)})

@@ -19,12 +19,18 @@ from ml_collections import config_flags
 import tasks
 from train import parallel, trainer
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
-_STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps (after one compile step).')
-_IMAGE_SIZE = flags.DEFINE_integer(
-    'image_size', 0, 'Input side in pixels; 0: the config\'s model.image_size, else its '
-    'augment.random_resized_crop_size, else the dataset\'s (224 if it varies).')
-flags.mark_flags_as_required(['config'])
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The script's flags, defined only when it runs as one, so that `benchmark` imports
+  next to other flag-defining modules (benchmarks/suite.py)."""
+  config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+  flags.DEFINE_integer('steps', 30, 'Timed steps (after one compile step).')
+  flags.DEFINE_integer(
+      'image_size', 0, 'Input side in pixels; 0: the config\'s model.image_size, else its '
+      'augment.random_resized_crop_size, else the dataset\'s (224 if it varies).')
+  flags.mark_flags_as_required(['config'])
 
 
 def benchmark(config, steps: int, image_size: int = 0) -> dict:
@@ -43,11 +49,11 @@ def benchmark(config, steps: int, image_size: int = 0) -> dict:
   step_fn = engine.train_step(model=model, task=task, schedule=schedule,
                               accum_steps=config.grad_accum_steps)
   flops = None
+  t = time.perf_counter()  # compile_s: compilation and the first step.
   if engine.name == 'jit':
     cost = step_fn.lower(state, batch).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = (cost or {}).get('flops')
-  t = time.perf_counter()
   state, metrics = step_fn(state, batch)
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - t
@@ -70,8 +76,9 @@ def benchmark(config, steps: int, image_size: int = 0) -> dict:
 
 def main(argv):
   del argv
-  print(json.dumps(benchmark(_CONFIG.value, _STEPS.value, _IMAGE_SIZE.value)))
+  print(json.dumps(benchmark(FLAGS.config, FLAGS.steps, FLAGS.image_size)))
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -1,0 +1,32 @@
+"""benchmarks/suite.py at smoke sizes: every row runs end to end through train.bench (and
+the PyTorch twin where its library is installed) and lands in the table with its MFU."""
+
+import pytest
+
+from benchmarks import suite
+
+
+def test_peak_flops_by_device_name_and_override():
+  assert suite.peak_flops('NVIDIA H100 80GB HBM3') == pytest.approx(989.4e12)
+  assert suite.peak_flops('NVIDIA H100 PCIe') == pytest.approx(756e12)
+  assert suite.peak_flops('NVIDIA H200') == pytest.approx(989.4e12)
+  assert suite.peak_flops('cpu') is None
+  assert suite.peak_flops('cpu', override_tflops=2.0) == pytest.approx(2e12)
+
+
+@pytest.mark.parametrize('name', sorted(suite.WORKLOADS))
+def test_every_row_runs_at_smoke_sizes(name):
+  rows = suite.run_workload(name, smoke=True, steps=1, peak=1e12, torch_compile=False)
+  ours, *torch_rows = rows
+  assert ours['implementation'].startswith('this codebase') and ours['workload'] == name
+  assert ours['items_per_s'] > 0 and ours['step_ms'] > 0 and ours['compile_s'] > 0
+  assert 0 < ours['mfu'] < 1  # XLA counted the step's FLOPs.
+  assert torch_rows
+  for row in torch_rows:  # Timed, or skipped for a missing library (torchvision, timm).
+    assert (row['items_per_s'] or 0) > 0 or row['note'].startswith('skipped: No module named')
+  if name == 'transformer':  # torch is a test requirement: its Transformer row is timed.
+    assert ours['unit'] == 'tokens/s' and torch_rows[0]['items_per_s'] > 0
+    assert torch_rows[0]['mfu'] == pytest.approx(
+        ours['mfu'] * ours['step_ms'] / torch_rows[0]['step_ms'])
+  table = suite.format_table(rows, 'test device')
+  assert table.count(f'| {name} |') == len(rows) and 'test device' in table.splitlines()[0]
