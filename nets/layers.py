@@ -22,7 +22,8 @@ Dtype = Any
 #   'cudnn':  jax.nn.dot_product_attention(implementation='cudnn'), cuDNN's fused flash
 #             attention (NVIDIA GPUs; float16/bfloat16, head_dim a multiple of 8, <= 128);
 #   'auto':   'cudnn' where it applies (GPU backend, half-precision compute, a supported
-#             head_dim, no attention dropout in this call), else 'matmul'.
+#             head_dim, no attention dropout in this call, and cuDNN accepts the call's
+#             shapes and mask), else 'matmul'.
 ATTENTION_IMPLS = ('auto', 'matmul', 'xla', 'cudnn')
 
 
@@ -194,9 +195,17 @@ class MultiHeadAttention(nn.Module):
       # read once per step for all of them, in [g, head_dim] x [head_dim, kv_length]
       # products rather than g vector products over g copies.
       query = query.reshape((key.shape[0], -1) + query.shape[2:])
-    out = dot_product_attention(query, key, value, mask, dropout_rate=self.dropout_rate,
-                                dropout_rng=dropout_rng, deterministic=deterministic,
-                                implementation=impl)
+    attend = lambda impl: dot_product_attention(
+        query, key, value, mask, dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
+        deterministic=deterministic, implementation=impl)
+    try:
+      out = attend(impl)
+    except (ValueError, NotImplementedError):
+      # jax.nn raises these at trace time for shapes/masks cuDNN does not support (e.g. a
+      # decoding step); 'auto' then computes the same attention with the matmul core.
+      if self.attention_impl != 'auto' or impl == 'matmul':
+        raise
+      out = attend('matmul')
     out = out.reshape((batch, q_length) + out.shape[2:])
     return nn.DenseGeneral(features, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
                            kernel_init=self.kernel_init, name='out')(out)

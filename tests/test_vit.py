@@ -98,6 +98,22 @@ def test_attention_impl_auto_picks_cudnn_only_where_it_applies(monkeypatch):
   with pytest.raises(ValueError, match='no attention dropout'):
     layers.resolve_attention_impl('cudnn', dtype=jnp.bfloat16, head_dim=64, dropout_active=True)
 
+  # Where cuDNN refuses a call (jax.nn raises at trace time), 'auto' computes the same
+  # attention with the matmul core; a forced 'cudnn' raises.
+  real_attention = jax.nn.dot_product_attention
+
+  def refusing_cudnn(*args, implementation=None, **kwargs):
+    if implementation == 'cudnn':
+      raise NotImplementedError('unsupported by cuDNN')
+    return real_attention(*args, implementation=implementation, **kwargs)
+  monkeypatch.setattr(jax.nn, 'dot_product_attention', refusing_cudnn)
+  x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+  mha = lambda impl: layers.MultiHeadAttention(2, attention_impl=impl, dtype=jnp.bfloat16)
+  variables = mha('matmul').init(jax.random.key(1), x)
+  np.testing.assert_array_equal(mha('auto').apply(variables, x), mha('matmul').apply(variables, x))
+  with pytest.raises(NotImplementedError, match='unsupported by cuDNN'):
+    mha('cudnn').apply(variables, x)
+
 
 def test_drop_path_drops_whole_examples():
   x = jnp.ones((1000, 4))
