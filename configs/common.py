@@ -105,6 +105,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.augment.random_erasing_prob = 0.0  # Random Erasing probability (Zhong et al. 2017).
   c.augment.mixup_alpha = 0.0     # Mixup Beta(alpha, alpha); 0 disables.
   c.augment.cutmix_alpha = 0.0    # CutMix Beta(alpha, alpha); 0 disables.
+  c.augment.on_device = False     # Crop, flip, erasing, mixup/CutMix, normalisation in the
+                                  # jitted train step (data/device_augment.py), not on the host.
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.keep = 3           # Most recent checkpoints kept.

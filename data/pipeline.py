@@ -99,12 +99,19 @@ def train_image_shape(config, source) -> tuple:
   return (size, size, shape[-1]) if size > 0 else shape
 
 
+def _image_and_label(batch: dict) -> dict:
+  """The batch as read, for on-device augmentation (a module function: picklable)."""
+  return {'image': batch['image'], 'label': batch['label'].astype(np.int32)}
+
+
 def train_iterator(config, source, *, process_index: int = 0, process_count: int = 1):
   """An endless iterator of augmented training batches for this process.
 
   Batches: {'image': [local_batch, h, w, c] float32, 'label': [local_batch] int32,
-  and with mixup/cutmix 'label2' int32, 'mix_ratio' float32}. The iterator supports
-  get_state()/set_state() (Grain), which checkpoints store.
+  and with mixup/cutmix 'label2' int32, 'mix_ratio' float32}; with
+  config.augment.on_device, {'image': uint8 as read, 'label'}, augmented in the train
+  step (data.device_augment). The iterator supports get_state()/set_state() (Grain),
+  which checkpoints store.
   """
   batch = local_batch_size(config.batch_size, process_count)
   aug = config.augment
@@ -118,7 +125,11 @@ def train_iterator(config, source, *, process_index: int = 0, process_count: int
     ds = ds.random_map(transforms.RandomResizedCrop(aug.random_resized_crop_size,
                                                     tuple(aug.random_resized_crop_scale)),
                        seed=config.seed + 2)
-  ds = ds.batch(batch, drop_remainder=True).random_map(augment, seed=config.seed + 1)
+  ds = ds.batch(batch, drop_remainder=True)
+  if aug.get('on_device', False):  # The train step augments and normalises (uint8 here).
+    ds = ds.map(_image_and_label)
+  else:
+    ds = ds.random_map(augment, seed=config.seed + 1)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.data.num_threads,
                                             prefetch_buffer_size=config.data.prefetch_batches))
   if config.data.num_workers > 0:

@@ -2,6 +2,7 @@
 see tasks/__init__.py)."""
 
 import dataclasses
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -12,14 +13,21 @@ from tasks import common
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassificationTask:
+class ClassificationTask(common.Task):
   """Image classification: softmax cross entropy, top-1 and top-5 accuracy.
 
   Batches: {'image': [b, h, w, c] float32, 'label': [b] int32, optional 'mask': [b]
   (eval padding), optional 'label2': [b] int32 and 'mix_ratio': [b] float32 (mixup/cutmix).}
+  With device_augment (config.augment.on_device), training batches arrive as read,
+  {'image': [b, h, w, c] uint8, 'label'}, and `augment` makes them the above.
   """
   num_classes: int
   label_smoothing: float = 0.0
+  device_augment: Optional[Callable[[dict, jax.Array], dict]] = None  # DeviceAugment
+
+  def augment(self, batch: dict, rng: jax.Array) -> dict:
+    """The training batch after the on-device augmentation (identity without one)."""
+    return batch if self.device_augment is None else self.device_augment(batch, rng)
 
   def apply(self, model, variables, batch, *, train: bool, rngs=None, mutable=False):
     """Runs the model; returns logits [b, num_classes] (and the updated collections
@@ -68,7 +76,21 @@ def build_data(config):
 
 
 def build_task(config, spec) -> ClassificationTask:
-  return ClassificationTask(spec.model_kwargs['num_classes'], config.label_smoothing)
+  return ClassificationTask(spec.model_kwargs['num_classes'], config.label_smoothing,
+                            device_augment=device_augment(config))
+
+
+def device_augment(config):
+  """data.device_augment.DeviceAugment from config.augment when augment.on_device, else
+  None (the host pipeline augments)."""
+  from data import device_augment as lib  # pylint: disable=import-outside-toplevel
+  aug = config.augment
+  if not aug.get('on_device', False):
+    return None
+  return lib.DeviceAugment(
+      mean=tuple(config.data.mean), std=tuple(config.data.std), crop_padding=aug.crop_padding,
+      flip=aug.flip, random_erasing_prob=aug.random_erasing_prob, mixup_alpha=aug.mixup_alpha,
+      cutmix_alpha=aug.cutmix_alpha)
 
 
 def evaluators(config, data, predict_fn, engine) -> list:
@@ -86,8 +108,10 @@ def bench_inputs(config, image_size: int, batch_size: int, rng: np.random.Genera
           or config.augment.random_resized_crop_size or (dataset.get('image_shape') or (224,))[0])
   shape = (size, size, config.model.get('num_channels', 3))
   num_classes = dataset.get('num_classes', config.num_classes)
-  batch = {'image': rng.normal(size=(batch_size,) + shape).astype(np.float32),
-           'label': rng.integers(0, num_classes, batch_size).astype(np.int32)}
+  image = (rng.integers(0, 256, (batch_size,) + shape).astype(np.uint8)  # As read.
+           if config.augment.get('on_device', False)
+           else rng.normal(size=(batch_size,) + shape).astype(np.float32))
+  batch = {'image': image, 'label': rng.integers(0, num_classes, batch_size).astype(np.int32)}
   return pipeline.image_spec(num_classes, shape), batch
 
 

@@ -7,6 +7,25 @@ import jax.numpy as jnp
 import nets
 
 
+class Task:
+  """What train/step.py asks of every task object besides apply, loss, weights, metrics
+  and predict (documented on tasks.classification.ClassificationTask)."""
+
+  def augment(self, batch: dict, rng: jax.Array) -> dict:
+    """The training batch as the train step uses it, given the step's key; the identity
+    unless the task augments on the device (classification: config.augment.on_device)."""
+    del rng
+    return batch
+
+
+def check_no_device_augment(config) -> None:
+  """Raises ValueError when config.augment.on_device is set for a task whose data
+  pipeline augments on the host (only classification augments in the train step)."""
+  if config.get('augment') and config.augment.get('on_device', False):
+    raise ValueError(f'config.augment.on_device=True is supported for '
+                     f"task='classification' only, not {config.task!r}; set it to False")
+
+
 def metric(total: jax.Array, count: jax.Array) -> jax.Array:
   """A (sum, count) metric as one float32 [2] array; the host divides after summing
   over devices and batches, so padded eval batches and masked tokens give exact means."""

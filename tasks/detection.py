@@ -26,7 +26,7 @@ from tasks import evaluators as evaluators_lib
 
 
 @dataclasses.dataclass(frozen=True)
-class DetectionTask:
+class DetectionTask(common.Task):
   """YOLOv3 training and inference.
 
   loss_fn: tasks.yolo_loss.YoloLoss (holds the anchors).
@@ -115,6 +115,7 @@ def _nms_options(config) -> dict:
 
 def check(config) -> None:
   """The model (built with placeholder sizes), loss, anchors and NMS fields."""
+  common.check_no_device_augment(config)
   loss = _loss(config)
   detectors = sorted(name for name in nets.REGISTRY if name.startswith('yolov3'))
   if config.model.name not in detectors:

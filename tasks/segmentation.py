@@ -34,7 +34,7 @@ LOSS_OPTIONS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class SegmentationTask:
+class SegmentationTask(common.Task):
   """Per-pixel classification with one or several (deeply supervised) heads.
 
   Batches: {'image': [b, h, w, c] float32, 'label': [b, h, w] int32 class ids or
@@ -109,6 +109,7 @@ def _loss(config):
 
 def check(config) -> None:
   """The model, loss and inference fields (valid choices listed on error)."""
+  common.check_no_device_augment(config)
   model = common.build_model(config, num_classes=2)
   _loss(config)
   if config.inference.head not in INFERENCE_HEADS:

@@ -26,7 +26,7 @@ def shift_right(targets: jax.Array, positions: jax.Array | None, bos_id: int) ->
 
 
 @dataclasses.dataclass(frozen=True)
-class Seq2SeqTask:
+class Seq2SeqTask(common.Task):
   """Sequence to sequence with an encoder-decoder model that has `encode`, `decode` and
   `init_cache` methods (nets.transformer.Transformer): teacher-forced, label-smoothed
   cross entropy over the non-padding target tokens; prediction by greedy (beam_size 1)
@@ -105,6 +105,7 @@ class Seq2SeqTask:
 def check(config) -> None:
   """Builds the model with placeholder vocabularies; checks the length policy, the beam
   size and that data/decode lengths fit the model's positions."""
+  common.check_no_device_augment(config)
   from data import seq2seq  # pylint: disable=import-outside-toplevel
   model = common.build_model(config, source_vocab_size=8, target_vocab_size=8)
   if config.data.length_policy not in seq2seq.LENGTH_POLICIES:

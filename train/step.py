@@ -13,6 +13,9 @@ import optax
 from train.state import TrainState
 
 
+_AUGMENT_STREAM = 0x41554721  # fold_in data: the augmentation's key, apart from dropout's.
+
+
 def _psum(tree, axis_name):
   return tree if axis_name is None else jax.lax.psum(tree, axis_name)
 
@@ -41,6 +44,8 @@ def train_step(state: TrainState, batch: dict, *, model, task, schedule, axis_na
   'learning_rate', 'grad_norm', 'param_norm' (global L2 norms).
   """
   rng = _step_rng(state, axis_name)
+  # Its own stream (the dropout keys stay as they were without on-device augmentation).
+  batch = task.augment(batch, jax.random.fold_in(rng, _AUGMENT_STREAM))
   normalizer = _psum(task.weights(batch).sum(), axis_name)
   mutable = list(state.model_state) or False
 
