@@ -9,8 +9,10 @@ A task module defines:
                                  process_count), eval_batches(role, ...), eval_splits
                                  {'validation'?, 'test'}, num_train_examples, and spec
                                  (data.pipeline.DataSpec: model kwargs, init inputs).
-  build_task(config, spec)       the Task: apply, per-example (token, pixel) loss, weights,
-                                 (sum, count) metrics, predict (see tasks.classification).
+  build_task(config, spec)       the Task (a tasks.common.Task): apply, per-example
+                                 (token, pixel) loss, weights, (sum, count) metrics,
+                                 predict (see tasks.classification), and augment (the
+                                 identity unless it augments in the train step).
   evaluators(config, data, predict_fn, engine)
                                  metrics that are not per-example averages (WER/BLEU,
                                  mIoU, mAP), computed from `predict_fn(variables, batch)`
