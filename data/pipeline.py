@@ -115,10 +115,6 @@ def train_iterator(config, source, *, process_index: int = 0, process_count: int
   """
   batch = local_batch_size(config.batch_size, process_count)
   aug = config.augment
-  augment = transforms.TrainAugment(
-      mean=tuple(config.data.mean), std=tuple(config.data.std), crop_padding=aug.crop_padding,
-      flip=aug.flip, random_erasing_prob=aug.random_erasing_prob, mixup_alpha=aug.mixup_alpha,
-      cutmix_alpha=aug.cutmix_alpha)
   ds = grain.MapDataset.source(source)[process_index::process_count]
   ds = ds.shuffle(seed=config.seed).repeat()
   if aug.random_resized_crop_size > 0:
@@ -129,7 +125,8 @@ def train_iterator(config, source, *, process_index: int = 0, process_count: int
   if aug.get('on_device', False):  # The train step augments and normalises (uint8 here).
     ds = ds.map(_image_and_label)
   else:
-    ds = ds.random_map(augment, seed=config.seed + 1)
+    ds = ds.random_map(transforms.TrainAugment(**transforms.augment_options(config)),
+                       seed=config.seed + 1)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.data.num_threads,
                                             prefetch_buffer_size=config.data.prefetch_batches))
   if config.data.num_workers > 0:

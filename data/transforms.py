@@ -195,6 +195,16 @@ def normalize(images: np.ndarray, mean, std) -> np.ndarray:
   return ((images.astype(np.float32) - mean) / std).astype(np.float32)
 
 
+def augment_options(config) -> dict:
+  """The keyword fields of TrainAugment and data.device_augment.DeviceAugment from
+  config.augment and the dataset's mean / std."""
+  aug = config.augment
+  return dict(mean=tuple(config.data.mean), std=tuple(config.data.std),
+              crop_padding=aug.crop_padding, flip=aug.flip,
+              random_erasing_prob=aug.random_erasing_prob, mixup_alpha=aug.mixup_alpha,
+              cutmix_alpha=aug.cutmix_alpha)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainAugment(grain.transforms.RandomMap):
   """The training augmentation of a batch: crop, flip, erasing, mixup/cutmix, normalise.

@@ -83,14 +83,10 @@ def build_task(config, spec) -> ClassificationTask:
 def device_augment(config):
   """data.device_augment.DeviceAugment from config.augment when augment.on_device, else
   None (the host pipeline augments)."""
-  from data import device_augment as lib  # pylint: disable=import-outside-toplevel
-  aug = config.augment
-  if not aug.get('on_device', False):
+  from data import device_augment as lib, transforms  # pylint: disable=import-outside-toplevel
+  if not config.augment.get('on_device', False):
     return None
-  return lib.DeviceAugment(
-      mean=tuple(config.data.mean), std=tuple(config.data.std), crop_padding=aug.crop_padding,
-      flip=aug.flip, random_erasing_prob=aug.random_erasing_prob, mixup_alpha=aug.mixup_alpha,
-      cutmix_alpha=aug.cutmix_alpha)
+  return lib.DeviceAugment(**transforms.augment_options(config))
 
 
 def evaluators(config, data, predict_fn, engine) -> list:
