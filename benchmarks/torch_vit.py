@@ -3,7 +3,8 @@ r"""The same-size ViT in PyTorch, timed the same way as `python -m train.bench`.
   pip install torch==2.13.0        # not a project requirement; a peer baseline only
   python -m benchmarks.torch_vit --config=configs/vit_fashion_mnist.py [--steps=30]
 
-Architecture mirrors nets/vit.py: a PxP stride-P convolutional patch embedding,
+Architecture mirrors nets/vit.py: the optional conv stem (`model.conv_stem`: 3x3 stride-2
+convolutions with BatchNorm and ReLU), a PxP stride-P convolutional patch embedding,
 class token, learned position embeddings, pre-LN encoder layers
 (torch.nn.TransformerEncoderLayer with norm_first=True, GELU), final LayerNorm and a
 linear head; AdamW with global-norm clipping; one train step = forward, cross
@@ -27,8 +28,15 @@ flags.mark_flags_as_required(['config'])
 class TorchViT(nn.Module):
   """Pre-LN ViT classifier, [b, c, h, w] -> [b, num_classes]."""
 
-  def __init__(self, image_size, patch_size, channels, hidden, layers, mlp, heads, classes):
+  def __init__(self, image_size, patch_size, channels, hidden, layers, mlp, heads, classes,
+               conv_stem=()):
     super().__init__()
+    stem = []
+    for width in conv_stem:
+      stem += [nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False),
+               nn.BatchNorm2d(width), nn.ReLU()]
+      channels, image_size = width, (image_size + 1) // 2
+    self.stem = nn.Sequential(*stem)
     grid = image_size // patch_size
     self.patch = nn.Conv2d(channels, hidden, patch_size, stride=patch_size)
     self.cls = nn.Parameter(torch.zeros(1, 1, hidden))
@@ -40,7 +48,7 @@ class TorchViT(nn.Module):
     self.head = nn.Linear(hidden, classes)
 
   def forward(self, x):
-    x = self.patch(x).flatten(2).transpose(1, 2)
+    x = self.patch(self.stem(x)).flatten(2).transpose(1, 2)
     x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
     return self.head(self.norm(self.encoder(x))[:, 0])
 
@@ -50,7 +58,7 @@ def main(argv):
   c = _CONFIG.value
   m = c.model
   model = TorchViT(m.image_size, m.patch_size, m.num_channels, m.hidden_size, m.num_layers,
-                   m.mlp_dim, m.num_heads, 10)
+                   m.mlp_dim, m.num_heads, 10, tuple(m.get('conv_stem', ())))
   opt = torch.optim.AdamW(model.parameters(), lr=c.learning_rate, weight_decay=0.05)
   x = torch.randn(c.batch_size, m.num_channels, m.image_size, m.image_size)
   y = torch.randint(0, 10, (c.batch_size,))

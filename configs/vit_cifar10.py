@@ -26,6 +26,8 @@ def get_config():
   c.model.mlp_dim = 768
   c.model.num_heads = 12
   c.model.classifier = 'token'
+  c.model.conv_stem = ()          # Patchify; (64, 128) with patch_size=1 gives the same 8x8
+                                  # tokens through Xiao et al.'s conv stem.
   c.model.dropout_rate = 0.0
   c.model.drop_path_rate = 0.1
   c.model.attention_impl = 'auto'  # 'auto' (cuDNN flash attention on a GPU in bf16/fp16,
