@@ -14,6 +14,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from data import transforms
+
 
 def random_crop_with_padding(images: jax.Array, padding: int, key: jax.Array) -> jax.Array:
   """Zero-pads each side by `padding` and crops back at a random offset per image (He et
@@ -95,17 +97,9 @@ def mix(images: jax.Array, labels: jax.Array, key: jax.Array, mixup_alpha: float
 
 
 @dataclasses.dataclass(frozen=True)
-class DeviceAugment:
+class DeviceAugment(transforms.AugmentOptions):
   """The training augmentation of data.transforms.TrainAugment, on the device: crop, flip,
-  erasing, mixup/CutMix, normalisation; fields mirror `config.augment` and the dataset's
-  mean / std (in [0, 1] units)."""
-  mean: tuple
-  std: tuple
-  crop_padding: int = 0
-  flip: bool = False
-  random_erasing_prob: float = 0.0
-  mixup_alpha: float = 0.0
-  cutmix_alpha: float = 0.0
+  erasing, mixup/CutMix, normalisation (fields: data.transforms.AugmentOptions)."""
 
   def __call__(self, batch: dict, key: jax.Array) -> dict:
     """batch {'image': [b, h, w, c] uint8 or float in [0, 255], 'label': [b] int} ->

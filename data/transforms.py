@@ -195,9 +195,22 @@ def normalize(images: np.ndarray, mean, std) -> np.ndarray:
   return ((images.astype(np.float32) - mean) / std).astype(np.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class AugmentOptions:
+  """The fields of the image-classification training augmentation, shared by TrainAugment
+  (host, NumPy) and data.device_augment.DeviceAugment (in the train step). They mirror
+  `config.augment` (configs/common.py); mean / std are the dataset's, in [0, 1] units."""
+  mean: tuple
+  std: tuple
+  crop_padding: int = 0
+  flip: bool = False
+  random_erasing_prob: float = 0.0
+  mixup_alpha: float = 0.0
+  cutmix_alpha: float = 0.0
+
+
 def augment_options(config) -> dict:
-  """The keyword fields of TrainAugment and data.device_augment.DeviceAugment from
-  config.augment and the dataset's mean / std."""
+  """The AugmentOptions fields from config.augment and the dataset's mean / std."""
   aug = config.augment
   return dict(mean=tuple(config.data.mean), std=tuple(config.data.std),
               crop_padding=aug.crop_padding, flip=aug.flip,
@@ -206,18 +219,8 @@ def augment_options(config) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainAugment(grain.transforms.RandomMap):
-  """The training augmentation of a batch: crop, flip, erasing, mixup/cutmix, normalise.
-
-  Fields mirror `config.augment` (see configs/common.py).
-  """
-  mean: tuple
-  std: tuple
-  crop_padding: int = 0
-  flip: bool = False
-  random_erasing_prob: float = 0.0
-  mixup_alpha: float = 0.0
-  cutmix_alpha: float = 0.0
+class TrainAugment(AugmentOptions, grain.transforms.RandomMap):
+  """The training augmentation of a batch: crop, flip, erasing, mixup/cutmix, normalise."""
 
   def random_map(self, batch: dict, rng: np.random.Generator) -> dict:
     images = random_crop_with_padding(batch['image'], self.crop_padding, rng)
