@@ -55,7 +55,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000  # 0: checkpoint only at the end (and on SIGTERM).
   c.log_every_steps = 100         # Train metrics are fetched from the device only here.
   c.init_from = ''                # A converted weight directory (python -m pretrained.convert)
-                                  # loaded into a fresh run (not at a resume); see pretrained/.
+                                  # or a run's workdir, loaded into a fresh run (not at a
+                                  # resume); see pretrained/.
+  c.init_into = ''                # '' = the whole model; a module ('encoder'): load
+                                  # init_from (e.g. a classifier run) into that part only.
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'vit_custom'     # A name from nets.REGISTRY; other fields go to the model.

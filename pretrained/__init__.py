@@ -8,14 +8,20 @@
 A format is one module (FORMATS) that maps the file's tensor names to this codebase's
 variables explicitly (pretrained.mapping); `pretrained.convert` writes the result once
 as an Orbax checkpoint plus pretrained.json (format, source file, model and the model
-fields the file fixed). `config.init_from` loads such a directory into a fresh run
-(`initialise`): every variable is taken from it, except
+fields the file fixed). `config.init_from` loads such a directory, or the workdir of a run of this codebase
+(pretrained/run.py: its newest checkpoint), into a fresh run (`initialise`): every
+variable is taken from it, except
   * the classifier `head`, when its size differs (another number of classes): kept at
     its initialisation, and the log says so;
   * ViT position embeddings for another resolution: resized bilinearly (Dosovitskiy et
     al. 2021, Sec. 3.2);
 anything else that differs is an error listing the differences. A run that resumes from
 its own checkpoints ignores init_from.
+
+`config.init_into` (a module path such as 'encoder', '' = the whole model) loads the
+weights into that part of the model only, e.g. a ResNet classifier into UNet++'s ResNet
+encoder: the rest keeps its initialisation, the source's classifier `head` is left out
+(the log says so), and everything else must fit that module exactly.
 """
 
 import importlib
@@ -29,7 +35,7 @@ from absl import logging
 
 import nets
 from nets import vit
-from pretrained import mapping
+from pretrained import mapping, run
 from train import parallel
 
 # Format name -> module (imported when used: the readers' optional dependencies such
@@ -56,15 +62,18 @@ def get_format(name: str):
 
 
 def read_info(directory: str) -> dict:
-  """The pretrained.json of a converted directory.
+  """The pretrained.json of a converted directory, or its equivalent for a run's workdir.
 
   Raises FileNotFoundError naming the directory and how to make one."""
+  if run.is_run(directory):
+    return run.info(directory)
   path = os.path.join(directory, INFO_FILE)
   if not os.path.isfile(path) or not os.path.isdir(os.path.join(directory, VARIABLES_DIR)):
     raise FileNotFoundError(
-        f'{os.path.abspath(directory)} is not a converted weight directory (no {INFO_FILE} '
-        f'and {VARIABLES_DIR}/); make one with python -m pretrained.convert '
-        '--format=... --weights=FILE --model=NAME --out=DIR')
+        f'{os.path.abspath(directory)} is neither a converted weight directory (no '
+        f'{INFO_FILE} and {VARIABLES_DIR}/) nor a run\'s workdir (no {run.CONFIG_FILE} and '
+        f'{run.CHECKPOINTS_DIR}/); make one with python -m pretrained.convert '
+        '--format=... --weights=FILE --model=NAME --out=DIR, or train one with launch.py')
   with open(path, encoding='utf-8') as f:
     return json.load(f)
 
@@ -74,10 +83,17 @@ def check(config) -> None:
   converted one, of the config's model, and the model fields the weights fixed at
   conversion (e.g. ViT's `approximate_gelu`, `classifier`) agree with the config's
   (the number of classes and the resolution may differ: see the module docstring).
+  With config.init_into the weights fill a module of another model: only the directory
+  is checked here, the shapes by `check_shapes`.
   Raises FileNotFoundError, ValueError."""
   if not config.get('init_from'):
+    if config.get('init_into'):
+      raise ValueError(f'config.init_into={config.init_into!r} needs config.init_from (the '
+                       'weights to load into it)')
     return
   info = read_info(config.init_from)
+  if config.get('init_into'):
+    return
   if info['model'] != config.model.name:
     raise ValueError(f'config.init_from={config.init_from!r} holds weights for model '
                      f'{info["model"]!r} ({info.get("architecture", "")}), but '
@@ -109,8 +125,10 @@ def save(directory: str, variables: dict, info: dict) -> None:
 
 
 def load(directory: str) -> tuple[dict, dict]:
-  """(variables as nested dicts of numpy arrays, info) of a converted directory."""
+  """(variables as nested dicts of arrays, info) of a converted directory or a run."""
   info = read_info(directory)
+  if run.is_run(directory):
+    return run.load(directory), info
   checkpointer = ocp.StandardCheckpointer()
   variables = checkpointer.restore(os.path.abspath(os.path.join(directory, VARIABLES_DIR)))
   checkpointer.close()
@@ -140,37 +158,76 @@ def _problems(ours: dict, theirs: dict, source: str) -> None:
                                       'differences):\n  ' + '\n  '.join(problems))
 
 
+def _split_into(into: str) -> tuple:
+  return tuple(part for part in into.split('/') if part)
+
+
+def _target(ours: dict, theirs: dict, into: tuple, source: str) -> tuple[dict, dict, list]:
+  """The model's variables under module `into` (all of them for ()), the loaded ones
+  placed there, and notes on what of the source is left out (its classifier `head`
+  when `into` has none).
+
+  Raises ValueError when `into` names no module of the model, listing its modules."""
+  if not into:
+    return ours, theirs, []
+  target = {p: v for p, v in ours.items() if p[1:1 + len(into)] == into}
+  if not target:
+    raise ValueError(f'config.init_into={"/".join(into)!r} is not a module of the model; '
+                     f'its top-level modules: {sorted({p[1] for p in ours})}')
+  placed, left_out = {}, set()
+  for path, value in theirs.items():
+    moved = (path[0], *into, *path[1:])
+    if moved not in target and path[1] in REINITIALISED:
+      left_out.add(path[1])
+    else:
+      placed[moved] = value
+  notes = [f'not loaded: {name} of {source} ({"/".join(into)} has none)'
+           for name in sorted(left_out)]
+  return target, placed, notes
+
+
 def check_shapes(config, abstract_variables: dict) -> None:
-  """What `merge` would raise for config.init_from and the model's variables
-  (shapes only: reads the checkpoint's metadata, not its arrays), before anything is
-  initialised or compiled."""
+  """What `merge` would raise for config.init_from (into config.init_into) and the
+  model's variables (shapes only: reads the checkpoint's metadata, not its arrays),
+  before anything is initialised or compiled."""
   if not config.get('init_from'):
     return
-  checkpointer = ocp.StandardCheckpointer()
-  metadata = checkpointer.metadata(os.path.abspath(os.path.join(config.init_from,
-                                                                VARIABLES_DIR)))
-  checkpointer.close()
-  saved = getattr(metadata, 'item_metadata', metadata)
-  saved = getattr(saved, 'tree', saved)
-  _problems(mapping.flatten(abstract_variables), mapping.flatten(saved), config.init_from)
+  if run.is_run(config.init_from):
+    saved = run.metadata(config.init_from)
+  else:
+    checkpointer = ocp.StandardCheckpointer()
+    metadata = checkpointer.metadata(os.path.abspath(os.path.join(config.init_from,
+                                                                  VARIABLES_DIR)))
+    checkpointer.close()
+    saved = getattr(metadata, 'item_metadata', metadata)
+    saved = getattr(saved, 'tree', saved)
+  target, placed, _ = _target(mapping.flatten(abstract_variables), mapping.flatten(saved),
+                              _split_into(config.get('init_into', '')), config.init_from)
+  _problems(target, placed, config.init_from)
 
 
-def merge(fresh: dict, loaded: dict, source: str) -> tuple[dict, list[str]]:
-  """`fresh` (a model's initial variables) with every variable taken from `loaded`.
+def merge(fresh: dict, loaded: dict, source: str, into: str = '') -> tuple[dict, list[str]]:
+  """`fresh` (a model's initial variables) with every variable under module `into`
+  ('' = all of them) taken from `loaded`.
 
   Args:
     fresh, loaded: {collection: nested dict of arrays}.
-    source: the converted directory, for messages.
+    source: the converted directory or run, for messages.
+    into: a module path of the model ('encoder', 'a/b'): `loaded` holds that module's
+      variables (plus a classifier `head`, left out); the rest of `fresh` is kept.
   Returns:
-    (merged variables as numpy, notes): notes say what was reinitialised or resized.
+    (merged variables as numpy, notes): notes say what was reinitialised, resized or
+    left out.
   Raises:
+    ValueError: `into` is not a module of the model.
     mapping.WeightMismatchError listing the variables missing on either side and the
     shape differences the module docstring does not allow.
   """
-  ours, theirs = mapping.flatten(fresh), mapping.flatten(loaded)
-  _problems(ours, theirs, source)
-  out, notes = {}, []
-  for path, value in ours.items():
+  ours = mapping.flatten(fresh)
+  target, theirs, notes = _target(ours, mapping.flatten(loaded), _split_into(into), source)
+  _problems(target, theirs, source)
+  out = {path: np.asarray(value) for path, value in ours.items()}
+  for path, value in target.items():
     name, saved = '/'.join(path), np.asarray(theirs[path])
     decision = _decide(path, saved.shape, value.shape)
     if decision == 'load':
@@ -181,7 +238,6 @@ def merge(fresh: dict, loaded: dict, source: str) -> tuple[dict, list[str]]:
       notes.append(f'resized {name} from a {int(np.sqrt(saved.shape[1]))}^2 to a {side}^2 '
                    'grid (bilinear)')
     else:
-      out[path] = np.asarray(value)
       notes.append(f'reinitialised {name}: checkpoint {list(saved.shape)}, model '
                    f'{list(value.shape)}')
   return mapping.unflatten(out), notes
@@ -197,9 +253,11 @@ def initialise(config, state, sharding):
   loaded, info = load(config.init_from)
   host = lambda tree: jax.tree.map(parallel.replica, tree)
   fresh = host({'params': state.params, **state.model_state})
-  variables, notes = merge(fresh, loaded, config.init_from)
-  logging.info('Initialised from %s (%s, converted from %s).', config.init_from,
-               info.get('architecture', info['model']), info.get('weights', '?'))
+  into = config.get('init_into', '')
+  variables, notes = merge(fresh, loaded, config.init_from, into)
+  logging.info('Initialised %s from %s (%s, from %s).', f'module {into!r}' if into else
+               'the model', config.init_from, info.get('architecture', info['model']),
+               info.get('weights', '?'))
   for note in notes:
     logging.warning('init_from: %s', note)
   params = variables.pop('params')

@@ -1,9 +1,12 @@
-"""Starting runs from converted weights (config.init_from): what is loaded, resized and
-reinitialised, the errors, and a fine-tuning run under tfds mock data."""
+"""Starting runs from converted weights or another run (config.init_from, init_into):
+what is loaded, resized, reinitialised and left out, the errors, and fine-tuning runs
+under tfds mock data and on a tiny Fashion-MNIST."""
 
+import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -11,10 +14,11 @@ import tensorflow_datasets as tfds
 
 import nets
 import pretrained
-from configs import vit_cifar10
+from configs import unetpp_fashion_mnist_scenes, vit_cifar10
 from nets import vit
 from pretrained import convert, mapping
-from train import trainer
+from data import pipeline
+from train import parallel, trainer
 
 TINY_VIT = dict(hidden_size=24, num_layers=1, mlp_dim=48, num_heads=2, patch_size=4,
                 num_channels=3)
@@ -115,7 +119,7 @@ def test_converts_a_timm_file_then_fine_tunes_from_it_under_tfds_mock_data(tmp_p
 
 def test_init_from_errors_come_before_training(tmp_path):
   config = _fine_tune_config(str(tmp_path / 'nothing'))
-  with pytest.raises(FileNotFoundError, match='is not a converted weight directory'):
+  with pytest.raises(FileNotFoundError, match='is neither a converted weight directory.*nor a run'):
     trainer.validate(config, 8)
   pretrained.save(str(tmp_path / 'b16'), {'params': {'w': np.zeros(2)}},
                   {'model': 'vit_b16', 'architecture': 'vit_b16 at 224x224'})
@@ -129,3 +133,77 @@ def test_init_from_errors_come_before_training(tmp_path):
                        match=r'params/encoder_norm/scale: checkpoint \[32\], model \[24\]'):
       trainer.run(config, str(tmp_path / 'run'))
   assert not os.listdir(os.path.join(tmp_path, 'run', 'checkpoints'))  # Nothing trained.
+
+
+def _classifier_run(directory, width=4, step=7):
+  """A launch.py workdir holding one checkpoint of a tiny two-stage ResNet-18 classifier
+  (1 channel, ImageNet stem; random values: only the shapes are the model's), written as
+  the trainer writes it; returns its variables."""
+  fields = {'name': 'resnet18', 'width': width, 'stem': 'imagenet', 'num_channels': 1,
+            'stage_sizes': [2, 2]}
+  net = nets.build(**{'num_classes': 10, **fields})
+  shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)),
+                                           train=False))
+  rng = np.random.default_rng(width)
+  variables = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+  os.makedirs(os.path.join(directory, 'checkpoints'))
+  with open(os.path.join(directory, 'config.json'), 'w', encoding='utf-8') as f:
+    json.dump({'model': fields, 'task': 'classification'}, f)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(directory, 'checkpoints', str(step), 'state'),
+                    {'params': variables['params'],
+                     'model_state': {'batch_stats': variables['batch_stats']},
+                     'opt_state': {'mu': np.zeros(2)}, 'rng': np.zeros(2, np.uint32),
+                     'step': np.int32(step)})
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  return variables
+
+
+def test_a_classifier_run_initialises_a_unetpp_encoder_through_init_into(tmp_path):
+  """config.init_from = a run's workdir, config.init_into = 'encoder': the encoder is the
+  classifier's (its head left out), the decoder keeps its initialisation; a bad module
+  name, a missing checkpoint and other shapes are refused by the checks that run
+  before anything is initialised (trainer.run order, test above)."""
+  source = str(tmp_path / 'classifier')
+  classifier = _classifier_run(source)
+  config = unetpp_fashion_mnist_scenes.get_config()
+  config.model.update(encoder='resnet18', width=4 / 64, depth=2)  # The classifier's 2 stages.
+  config.update(init_from=source, init_into='encoder')
+  trainer.validate(config, 1)
+  engine = parallel.build('jit', jax.devices()[:1])
+  _, _, _, _, init_fn = trainer.build_components(config, 1000, pipeline.image_spec(11, (32, 32, 1)))
+  abstract = trainer.abstract_state(init_fn, engine)
+  abstract = {'params': abstract.params, **abstract.model_state}
+  pretrained.check_shapes(config, abstract)
+  fresh = engine.to_canonical(engine.init_state(init_fn))
+  state = pretrained.initialise(config, fresh, engine.replicated)
+  variables = jax.device_get({'params': state.params, **state.model_state})
+  encoder = {c: variables[c]['encoder'] for c in variables}
+  assert set(classifier['params']) - set(encoder['params']) == {'head'}
+  jax.tree.map(np.testing.assert_array_equal, encoder,
+               {c: {k: v for k, v in classifier[c].items() if k != 'head'} for c in encoder})
+  jax.tree.map(np.testing.assert_array_equal, variables['params']['X_0_1'],
+               jax.device_get(fresh.params['X_0_1']))  # The decoder: initialised.
+
+  config.init_into = 'encodr'
+  with pytest.raises(ValueError, match=r"init_into='encodr' is not a module.*'encoder'"):
+    pretrained.check_shapes(config, abstract)
+  config.init_into = ''
+  with pytest.raises(ValueError, match="holds weights for model 'resnet18'.*'unetpp'"):
+    trainer.validate(config, 1)
+  config.update(init_from='', init_into='encoder')
+  with pytest.raises(ValueError, match='init_into=.encoder. needs config.init_from'):
+    trainer.validate(config, 1)
+  config.init_from = str(tmp_path / 'wider')
+  _classifier_run(config.init_from, width=8)
+  with pytest.raises(mapping.WeightMismatchError,
+                     match=r'params/encoder/stem/conv/kernel: checkpoint \[7, 7, 1, 8\], '
+                           r'model \[7, 7, 1, 4\]'):
+    pretrained.check_shapes(config, abstract)
+  config.init_from = str(tmp_path / 'untrained')
+  os.makedirs(os.path.join(config.init_from, 'checkpoints'))
+  with open(os.path.join(config.init_from, 'config.json'), 'w', encoding='utf-8') as f:
+    json.dump({'model': {'name': 'resnet18'}}, f)
+  with pytest.raises(FileNotFoundError, match='has no checkpoint yet'):
+    trainer.validate(config, 1)
