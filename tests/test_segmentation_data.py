@@ -336,3 +336,21 @@ def test_pets_under_tfds_mock_data():
     assert data.spec.init_args[0].shape == (1, 24, 24, 3)
     batch = next(data.train_iterator())
     assert batch['image'].shape == (4, 24, 24, 3) and batch['label'].shape == (4, 24, 24)
+
+
+def test_scenes_oracle_scores_exact_masks_with_the_given_item_classes():
+  """benchmarks/scenes_oracle: the true classes give mIoU 1; relabelling one item class
+  as another moves exactly its pixels in the confusion matrix."""
+  from benchmarks import scenes_oracle  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  labels = np.arange(30) % 10
+  pool = scenes.FashionMnistScenes(rng.integers(0, 255, (30, 28, 28), np.uint8), labels, 12,
+                                   canvas_size=32)
+  exact = scenes_oracle.oracle_confusion(pool, labels)
+  assert exact.sum() == 12 * 32 * 32
+  np.testing.assert_array_equal(exact, np.diag(np.diag(exact)))
+  wrong = np.where(labels == 3, 5, labels)  # Every Dress called Coat.
+  matrix = scenes_oracle.oracle_confusion(pool, wrong)
+  assert exact[4, 4] > 0 and matrix[4, 4] == 0 and matrix[4, 6] == exact[4, 4]
+  np.testing.assert_array_equal(np.delete(np.delete(matrix, 4, 0), 4, 1),
+                                np.delete(np.delete(exact, 4, 0), 4, 1))
