@@ -8,9 +8,9 @@
 A format is one module (FORMATS) that maps the file's tensor names to this codebase's
 variables explicitly (pretrained.mapping); `pretrained.convert` writes the result once
 as an Orbax checkpoint plus pretrained.json (format, source file, model and the model
-fields the file fixed). `config.init_from` loads such a directory, or the workdir of a run of this codebase
-(pretrained/run.py: its newest checkpoint), into a fresh run (`initialise`): every
-variable is taken from it, except
+fields the file fixed). `config.init_from` loads such a directory, or the workdir of a
+run of this codebase (pretrained/run.py: its newest checkpoint), into a fresh run
+(`initialise`): every variable is taken from it, except
   * the classifier `head`, when its size differs (another number of classes): kept at
     its initialisation, and the log says so;
   * ViT position embeddings for another resolution: resized bilinearly (Dosovitskiy et
@@ -103,7 +103,7 @@ def check(config) -> None:
   differing = {k: (v, getattr(model, k, None)) for k, v in info.get('model_kwargs', {}).items()
                if k not in ADAPTED_FIELDS and getattr(model, k, None) != v}
   if differing:
-    raise ValueError(f'config.init_from={config.init_from!r} was converted for model fields '
+    raise ValueError(f'config.init_from={config.init_from!r} holds weights for model fields '
                      'the config sets otherwise: ' + '; '.join(
                          f'{k}: weights {a!r}, config {b!r}' for k, (a, b) in differing.items())
                      + '. Set them with --config.model.FIELD=VALUE.')

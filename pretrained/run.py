@@ -43,7 +43,10 @@ def latest_state_dir(directory: str) -> tuple[int, str]:
 def info(directory: str) -> dict:
   """pretrained.json's fields for a run: its model name and fields from config.json."""
   with open(os.path.join(directory, CONFIG_FILE), encoding='utf-8') as f:
-    model = dict(json.load(f)['model'])
+    # JSON has lists where the config had tuples (ViT's conv_stem): back to tuples, so
+    # pretrained.check compares them equal to the fields of the loading run's model.
+    model = {k: tuple(v) if isinstance(v, list) else v
+             for k, v in json.load(f)['model'].items()}
   step, _ = latest_state_dir(directory)
   name = model.pop('name')
   return {'format': 'run', 'weights': os.path.abspath(directory), 'model': name,
