@@ -20,7 +20,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from data import fashion_mnist, scenes
+from configs import unetpp_fashion_mnist_scenes
+from data import scenes, transforms
 from tasks import confusion
 from train import reporting
 from train.restore import Predictor
@@ -34,10 +35,9 @@ flags.mark_flags_as_required(['config'])
 
 
 def classify_items(predictor: Predictor, config, images: np.ndarray) -> np.ndarray:
-  """The classifier's class [n] for each item image [n, 28, 28, 1] uint8 (the eval
+  """The classifier's class [n] for each item image [n, 28, 28] uint8 (the eval
   pipeline's normalisation; the last batch padded)."""
-  x = images.astype(np.float32) / 255.0
-  x = (x - np.asarray(config.data.mean, np.float32)) / np.asarray(config.data.std, np.float32)
+  x = transforms.normalize(images[..., None], config.data.mean, config.data.std)
   size, out = config.eval_batch_size, []
   for start in range(0, len(x), size):
     batch = np.zeros((size, *x.shape[1:]), np.float32)
@@ -67,15 +67,14 @@ def main(argv):
   config = _CONFIG.value
   name = os.path.splitext(os.path.basename(flags.FLAGS['config'].config_filename))[0]
   predictor = Predictor(config, _WORKDIR.value or os.path.join('runs', name), _CHECKPOINT.value)
-  images, labels = fashion_mnist.load('test', config.data.get('dir') or
-                                      fashion_mnist.DEFAULT_DIR)
-  predicted = classify_items(predictor, config, images)
-  pool = scenes.FashionMnistScenes(images, labels, _NUM_SCENES.value,
-                                   seed=scenes.split_seed('test'))
+  scene_config = unetpp_fashion_mnist_scenes.get_config()
+  scene_config.data.dir = config.data.get('dir', '')
+  pool = scenes.load_split(scene_config, 'test', _NUM_SCENES.value)
+  predicted = classify_items(predictor, config, pool.images)
   metrics = confusion.segmentation_metrics(oracle_confusion(pool, predicted),
                                            scenes.CLASS_NAMES)
   print(json.dumps({'classifier_step': predictor.step,
-                    'item_accuracy': float((predicted == labels).mean()),
+                    'item_accuracy': float((predicted == pool.labels).mean()),
                     'num_scenes': len(pool), **metrics}))
 
 

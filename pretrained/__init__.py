@@ -124,13 +124,20 @@ def save(directory: str, variables: dict, info: dict) -> None:
     json.dump(info, f, indent=2)
 
 
+def _variables_item(directory: str):
+  """(the Orbax item holding the weights, tree -> variables) of a converted directory
+  (its variables/) or a run (its newest checkpoint's state, pretrained.run.variables)."""
+  if run.is_run(directory):
+    return run.latest_state_dir(directory)[1], run.variables
+  return os.path.abspath(os.path.join(directory, VARIABLES_DIR)), lambda tree: tree
+
+
 def load(directory: str) -> tuple[dict, dict]:
   """(variables as nested dicts of arrays, info) of a converted directory or a run."""
   info = read_info(directory)
-  if run.is_run(directory):
-    return run.load(directory), info
+  path, select = _variables_item(directory)
   checkpointer = ocp.StandardCheckpointer()
-  variables = checkpointer.restore(os.path.abspath(os.path.join(directory, VARIABLES_DIR)))
+  variables = select(checkpointer.restore(path))
   checkpointer.close()
   return variables, info
 
@@ -192,15 +199,12 @@ def check_shapes(config, abstract_variables: dict) -> None:
   before anything is initialised or compiled."""
   if not config.get('init_from'):
     return
-  if run.is_run(config.init_from):
-    saved = run.metadata(config.init_from)
-  else:
-    checkpointer = ocp.StandardCheckpointer()
-    metadata = checkpointer.metadata(os.path.abspath(os.path.join(config.init_from,
-                                                                  VARIABLES_DIR)))
-    checkpointer.close()
-    saved = getattr(metadata, 'item_metadata', metadata)
-    saved = getattr(saved, 'tree', saved)
+  path, select = _variables_item(config.init_from)
+  checkpointer = ocp.StandardCheckpointer()
+  metadata = checkpointer.metadata(path)
+  checkpointer.close()
+  saved = getattr(metadata, 'item_metadata', metadata)
+  saved = select(getattr(saved, 'tree', saved))
   target, placed, _ = _target(mapping.flatten(abstract_variables), mapping.flatten(saved),
                               _split_into(config.get('init_into', '')), config.init_from)
   _problems(target, placed, config.init_from)

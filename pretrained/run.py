@@ -11,8 +11,6 @@ offline data (e.g. README: UNet++ from a Fashion-MNIST ResNet-18).
 import json
 import os
 
-import orbax.checkpoint as ocp
-
 CONFIG_FILE = 'config.json'
 CHECKPOINTS_DIR = 'checkpoints'
 # What a checkpoint's 'state' item holds besides the model's variables (train/state.py).
@@ -61,25 +59,3 @@ def variables(state: dict) -> dict:
   if missing:
     raise ValueError(f'A checkpoint state without {missing}: not a launch.py checkpoint')
   return {'params': state['params'], **(state['model_state'] or {})}
-
-
-def load(directory: str) -> dict:
-  """The variables of the run's newest checkpoint, as host arrays."""
-  _, path = latest_state_dir(directory)
-  checkpointer = ocp.StandardCheckpointer()
-  try:
-    return variables(checkpointer.restore(path))
-  finally:
-    checkpointer.close()
-
-
-def metadata(directory: str) -> dict:
-  """The shapes of the run's newest checkpoint's variables (nothing read but metadata)."""
-  _, path = latest_state_dir(directory)
-  checkpointer = ocp.StandardCheckpointer()
-  try:
-    tree = checkpointer.metadata(path)
-  finally:
-    checkpointer.close()
-  tree = getattr(tree, 'item_metadata', tree)
-  return variables(getattr(tree, 'tree', tree))
