@@ -114,18 +114,19 @@ def build(config, classes):
   raise ValueError(f'No torch twin for {m.name!r}; valid: resnet18..152, mobilenet_v2')
 
 
-def main(argv):
-  del argv
-  c = FLAGS.config
+def make_step(config, image_size: int, channels_last: bool, device: torch.device):
+  """One train step of the twin of config.model on a fixed random batch of side
+  `image_size`: (step, model, bf16), `step()` running forward, cross entropy, backward
+  and the SGD update (bfloat16 autocast when the config computes in bfloat16 on CUDA)."""
+  c = config
   classes = 1000 if c.data.name == 'imagenet2012' else 10
   model = build(c, classes)
   opt = torch.optim.SGD(model.parameters(), lr=c.learning_rate, momentum=c.optim.momentum,
                         nesterov=c.optim.nesterov, weight_decay=c.optim.weight_decay)
-  size, device = FLAGS.image_size, torch.device(FLAGS.device)
-  x = torch.randn(c.batch_size, c.model.num_channels, size, size, device=device)
+  x = torch.randn(c.batch_size, c.model.num_channels, image_size, image_size, device=device)
   y = torch.randint(0, classes, (c.batch_size,), device=device)
   model = model.to(device)
-  if FLAGS.channels_last:
+  if channels_last:
     model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
   torch.backends.cudnn.benchmark = True
   bf16 = c.compute_dtype == 'bfloat16' and device.type == 'cuda'
@@ -137,6 +138,13 @@ def main(argv):
     loss.backward()
     opt.step()
 
+  return step, model, bf16
+
+
+def main(argv):
+  del argv
+  c, size, device = FLAGS.config, FLAGS.image_size, torch.device(FLAGS.device)
+  step, model, bf16 = make_step(c, size, FLAGS.channels_last, device)
   step_s = torch_timing.seconds_per_step(step, FLAGS.steps, 2, device)
   print(torch_timing.result_line(step_s, c.batch_size, c.model.name, model, device, bf16,
                                  image_size=size, channels_last=FLAGS.channels_last))

@@ -33,10 +33,11 @@ def define_flags() -> None:
   flags.mark_flags_as_required(['config'])
 
 
-def benchmark(config, steps: int, image_size: int = 0) -> dict:
-  """Times `steps` train steps of `config` on the random batch its task module makes
-  (images of side `image_size`; 0: from the config, see --image_size); returns the
-  numbers. Raises ValueError for bad configs and tasks without fixed-shape inputs."""
+def build_step(config, image_size: int = 0):
+  """The train step of `config` as launch.py builds it (not yet compiled) and its inputs:
+  (engine, step_fn, state, batch, input_shape). The batch is the random one of the
+  config's task module, images of side `image_size` (0: from the config, see
+  --image_size). Raises ValueError for bad configs and tasks without fixed-shape inputs."""
   engine = parallel.build(config.parallel)
   trainer.validate(config, engine.num_devices)
   spec, host_batch = tasks.get(config.task).bench_inputs(
@@ -45,9 +46,15 @@ def benchmark(config, steps: int, image_size: int = 0) -> dict:
                                                                engine.axis_name)
   state = engine.init_state(init_fn)
   batch = engine.put_batch(host_batch)
-  shape = tuple(spec.init_args[0].shape[1:])
   step_fn = engine.train_step(model=model, task=task, schedule=schedule,
                               accum_steps=config.grad_accum_steps)
+  return engine, step_fn, state, batch, tuple(spec.init_args[0].shape[1:])
+
+
+def benchmark(config, steps: int, image_size: int = 0) -> dict:
+  """Times `steps` train steps of `config` on the random batch of `build_step`; returns
+  the numbers. Raises ValueError for bad configs and tasks without fixed-shape inputs."""
+  engine, step_fn, state, batch, shape = build_step(config, image_size)
   flops = None
   t = time.perf_counter()  # compile_s: compilation and the first step.
   if engine.name == 'jit':

@@ -1,0 +1,184 @@
+r"""Where a train step spends its time: a `jax.profiler` trace of a config's compiled
+train step, its operations summed by the model layer and pass that emitted them.
+
+  python -m benchmarks.profile_step --config=configs/mobilenetv2_fashion_mnist.py \
+      [--steps=5] [--top=20] [--group=layer|op] [--trace_dir=DIR] [--torch]
+
+Each operation of the trace (an XLA fusion, copy, dot, ...; on the CPU backend one
+thunk) is named after its HLO instruction, whose metadata holds the JAX name stack,
+e.g. `jit(train_step)/transpose(jvp(MobileNetV2))/block2_1/depthwise/conv/reduce_sum`.
+That gives the pass (`jvp(...)`: forward; `transpose(...)`: backward; neither: loss,
+optimizer update) and the layer; numbers in layer names become `*`, so that the rows
+add up a layer kind over all blocks (`block*_*/depthwise/conv`). `--group=op` keeps the
+primitive (`.../conv/reduce_sum`). Times are per step, summed over the executor's
+threads, so on a multi-threaded backend the total can exceed the step's wall time.
+
+--torch prints the same breakdown for the PyTorch twin of a CNN config
+(`benchmarks.torch_cnn`), from `torch.profiler`: self CPU time per ATen operation,
+convolutions split by weight shape (depthwise k x k, 1 x 1, dense k x k).
+"""
+
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import tempfile
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from train import bench
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+  flags.DEFINE_integer('steps', 5, 'Traced steps (after one compile step and one warm-up).')
+  flags.DEFINE_integer('top', 20, 'Rows to print (the rest summed in one row).')
+  flags.DEFINE_enum('group', 'layer', ['layer', 'op'], 'Sum by layer, or by layer and primitive.')
+  flags.DEFINE_string('trace_dir', None, 'Keep the trace here (TensorBoard/Perfetto); '
+                      'default: a temporary directory.')
+  flags.DEFINE_bool('torch', False, 'Profile the PyTorch twin (benchmarks.torch_cnn) instead.')
+  flags.DEFINE_integer('image_size', 28, 'Input side for --torch.')
+  flags.mark_flags_as_required(['config'])
+
+
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = ')
+_OP_NAME = re.compile(r'metadata=\{[^}]*op_name="([^"]+)"')
+
+
+def hlo_op_names(hlo_text: str) -> dict[str, str]:
+  """Instruction name -> JAX name stack (`op_name` metadata, '' if none) of every
+  instruction of a compiled HLO module's text (`compiled.as_text()`)."""
+  names = {}
+  for line in hlo_text.splitlines():
+    instruction = _INSTRUCTION.match(line)
+    if instruction:
+      op_name = _OP_NAME.search(line)
+      names[instruction.group(1)] = op_name.group(1) if op_name else ''
+  return names
+
+
+def attribute(op_name: str, group: str = 'layer') -> tuple[str, str]:
+  """(pass, layer) of a JAX name stack: pass 'forward' (inside `jvp(...)`), 'backward'
+  (inside `transpose(...)`) or 'loss/update'; layer the path inside the model, numbers
+  as '*', with the primitive kept only for group='op'.
+
+  'jit(train_step)/transpose(jvp(Net))/block2_1/conv/reduce_sum' -> ('backward',
+  'block*_*/conv').
+  """
+  parts = op_name.split('/')
+  pass_ = ('backward' if 'transpose(' in op_name else
+           'forward' if 'jvp(' in op_name else 'loss/update')
+  inner = [p for p in parts[1:-1] if not p.startswith(('jit(', 'jvp(', 'transpose('))]
+  layer = '/'.join(re.sub(r'\d+', '*', p) for p in inner) or '(outside the model)'
+  if group == 'op':
+    layer = f'{layer}/{parts[-1]}'
+  return pass_, layer
+
+
+def summarise(trace_events: list, op_names: dict[str, str], steps: int,
+              group: str = 'layer') -> collections.Counter:
+  """Microseconds per step by (pass, layer) of the trace's complete ('X') events whose
+  names are instructions in `op_names` (other events: the runtime, Python); those
+  without metadata under ('unattributed', instruction name without its number)."""
+  totals = collections.Counter()
+  for event in trace_events:
+    name = event.get('name')
+    if event.get('ph') != 'X' or name not in op_names:
+      continue
+    key = (attribute(op_names[name], group) if op_names[name] else
+           ('unattributed', re.sub(r'\.\d+$', '', name)))
+    totals[key] += event['dur'] / steps
+  return totals
+
+
+def read_trace(trace_dir: str) -> list:
+  """The events of the newest Chrome-format trace (`*.trace.json.gz`) under trace_dir.
+  Raises FileNotFoundError if the profiler wrote none."""
+  paths = sorted(glob.glob(os.path.join(trace_dir, '**', '*.trace.json.gz'), recursive=True),
+                 key=os.path.getmtime)
+  if not paths:
+    raise FileNotFoundError(f'No *.trace.json.gz under {trace_dir}')
+  with gzip.open(paths[-1]) as f:
+    return json.load(f)['traceEvents']
+
+
+def table(totals: collections.Counter, top: int, title: str) -> str:
+  """Markdown rows, largest first: the `top` keys, the rest summed, and the total."""
+  total = sum(totals.values())
+  lines = [f'| {title} | ms/step | share |', '|---|---:|---:|']
+  ranked = totals.most_common()
+  for key, us in ranked[:top]:
+    lines.append(f'| {" ".join(key) if isinstance(key, tuple) else key} | {us / 1e3:.1f} | '
+                 f'{100 * us / total:.1f} % |')
+  rest = sum(us for _, us in ranked[top:])
+  if rest:
+    lines.append(f'| ({len(ranked) - top} more) | {rest / 1e3:.1f} | {100 * rest / total:.1f} % |')
+  lines.append(f'| **total** | **{total / 1e3:.1f}** | |')
+  return '\n'.join(lines)
+
+
+def profile_jax(config, steps: int, trace_dir: str, group: str) -> collections.Counter:
+  """Traces `steps` train steps of `config` (after compiling and one warm-up step)."""
+  _, step_fn, state, batch, _ = bench.build_step(config)
+  compiled = step_fn.lower(state, batch).compile()
+  op_names = hlo_op_names(compiled.as_text())
+  for _ in range(2):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  with jax.profiler.trace(trace_dir):
+    for _ in range(steps):
+      state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+  return summarise(read_trace(trace_dir), op_names, steps, group)
+
+
+def conv_kind(shapes: list) -> str:
+  """'depthwise 3x3', '1x1' or '3x3' of a convolution op's input shapes (the weight is
+  the 4-d shape [out, in / groups, k, k] whose side is smallest), '' if none is 4-d."""
+  weights = [s for s in shapes if len(s) == 4]
+  if not weights:
+    return ''
+  out, per_group, k, _ = min(weights, key=lambda s: s[2])
+  return f'depthwise {k}x{k}' if per_group == 1 and k > 1 else f'{k}x{k}'
+
+
+def profile_torch(config, steps: int, image_size: int) -> collections.Counter:
+  """Self CPU time per step of each ATen operation in `steps` steps of the PyTorch twin
+  (after two warm-up steps); convolution operations get their `conv_kind`."""
+  import torch  # The PyTorch peer baseline only.
+  from benchmarks import torch_cnn
+  step, _, _ = torch_cnn.make_step(config, image_size, False, torch.device('cpu'))
+  for _ in range(2):
+    step()
+  with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                              record_shapes=True) as prof:
+    for _ in range(steps):
+      step()
+  totals = collections.Counter()
+  for event in prof.key_averages(group_by_input_shape=True):
+    kind = conv_kind(event.input_shapes) if 'conv' in event.key else ''
+    totals[f'{event.key} {kind}'.strip()] += event.self_cpu_time_total / steps
+  return +totals
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  if FLAGS.torch:
+    totals = profile_torch(config, FLAGS.steps, FLAGS.image_size)
+    print(table(totals, FLAGS.top, f'PyTorch {config.model.name}: ATen operation (self time)'))
+    return
+  with tempfile.TemporaryDirectory() as tmp:
+    totals = profile_jax(config, FLAGS.steps, FLAGS.trace_dir or tmp, FLAGS.group)
+  print(table(totals, FLAGS.top, f'{config.model.name}: pass, layer'))
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
