@@ -138,14 +138,15 @@ def profile_jax(config, steps: int, trace_dir: str, group: str) -> collections.C
   return summarise(read_trace(trace_dir), op_names, steps, group)
 
 
-def conv_kind(shapes: list) -> str:
-  """'depthwise 3x3', '1x1' or '3x3' of a convolution op's input shapes (the weight is
-  the 4-d shape [out, in / groups, k, k] whose side is smallest), '' if none is 4-d."""
-  weights = [s for s in shapes if len(s) == 4]
-  if not weights:
+def conv_kind(op: str, shapes: list) -> str:
+  """'depthwise 3x3', '1x1' or '3x3' (etc.) of an ATen convolution op from its input
+  shapes: (input, weight, ...) for forward ops, (grad_output, input, weight, ...) for
+  `aten::convolution_backward`; weight [out, in / groups, k, k]. '' if they do not fit."""
+  first = 1 if op == 'aten::convolution_backward' else 0
+  if len(shapes) < first + 2 or len(shapes[first]) != 4 or len(shapes[first + 1]) != 4:
     return ''
-  out, per_group, k, _ = min(weights, key=lambda s: s[2])
-  return f'depthwise {k}x{k}' if per_group == 1 and k > 1 else f'{k}x{k}'
+  channels, (_, per_group, k, _) = shapes[first][1], shapes[first + 1]
+  return f'depthwise {k}x{k}' if per_group == 1 < channels else f'{k}x{k}'
 
 
 def profile_torch(config, steps: int, image_size: int) -> collections.Counter:
@@ -162,7 +163,7 @@ def profile_torch(config, steps: int, image_size: int) -> collections.Counter:
       step()
   totals = collections.Counter()
   for event in prof.key_averages(group_by_input_shape=True):
-    kind = conv_kind(event.input_shapes) if 'conv' in event.key else ''
+    kind = conv_kind(event.key, event.input_shapes) if 'conv' in event.key else ''
     totals[f'{event.key} {kind}'.strip()] += event.self_cpu_time_total / steps
   return +totals
 
