@@ -318,14 +318,16 @@ def depthwise_shifted(x: jax.Array, kernel: jax.Array, strides: int) -> jax.Arra
   return _depthwise_sum(x, kernel, strides)
 
 
-def _written_once(x: jax.Array) -> jax.Array:
+def _written_once(x: jax.Array, predicate_from: jax.Array) -> jax.Array:
   """x, computed into its own buffer before its consumers run. XLA fuses elementwise
   producers into each consumer; read at k^2 shifted offsets by the depthwise VJP, the
   next layer's BatchNorm and ReLU6 backward would be recomputed k^2 times per element
   (the MobileNetV2 step: 940 -> 847 ms with this). `optimization_barrier` does not stop
   fusion on XLA's CPU backend; a conditional's operand is always materialised. Both
-  branches return x's values, whatever the predicate."""
-  first = x.ravel()[0]
+  branches return x's values, whatever the predicate; it is read from the small,
+  replicated `predicate_from` (the kernel) so that a batch-sharded x needs no
+  collective to decide it."""
+  first = predicate_from.ravel()[0]
   return jax.lax.cond(first == first, lambda v: v, lambda v: v * 1, x)
 
 
@@ -336,7 +338,7 @@ def _depthwise_fwd(x, kernel, strides):
 def _depthwise_bwd(strides, residuals, dy):
   x, kernel = residuals
   k = kernel.shape[0]
-  dy = _written_once(dy)
+  dy = _written_once(dy, kernel)
   _, vjp_x = jax.vjp(lambda x: _depthwise_sum(x, kernel, strides), x)
   dx, = vjp_x(dy)
   dy32 = dy.astype(jnp.float32)  # Accumulate in float32 whatever the compute dtype.

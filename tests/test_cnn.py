@@ -100,6 +100,24 @@ def test_shifted_depthwise_equals_xla_grouped_convolution(strides, size):
   np.testing.assert_allclose(shifted_x, xla_x, rtol=1e-4, atol=1e-5)
 
 
+def test_shifted_depthwise_gradients_with_the_batch_over_eight_devices():
+  # The custom VJP under jit with a batch-sharded input and under pmap: the same
+  # gradients as on one device (its conditional reads its predicate from the kernel).
+  x = jax.random.normal(jax.random.key(0), (8, 9, 9, 6))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 6))
+  loss = lambda x, k: (layers.depthwise_shifted(x, k, 2) ** 2).sum()
+  grad = jax.grad(loss, argnums=(0, 1))
+  expected_x, expected_kernel = jax.jit(grad)(x, kernel)
+  sharding = jax.sharding.NamedSharding(jax.make_mesh((8,), ('data',)),
+                                        jax.sharding.PartitionSpec('data'))
+  got_x, got_kernel = jax.jit(grad)(jax.device_put(x, sharding), kernel)
+  np.testing.assert_allclose(got_x, expected_x, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got_kernel, expected_kernel, rtol=1e-5)
+  per_device = jax.pmap(grad, in_axes=(0, None))(x[:, None], kernel)
+  np.testing.assert_allclose(per_device[0][:, 0], expected_x, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(per_device[1].sum(0), expected_kernel, rtol=1e-5)
+
+
 @pytest.mark.parametrize('strides', [1, 2])
 def test_pointwise_matmul_equals_xla_convolution(strides):
   x = jax.random.normal(jax.random.key(0), (2, 7, 7, 5))
