@@ -10,7 +10,8 @@ e.g. `jit(train_step)/transpose(jvp(MobileNetV2))/block2_1/depthwise/conv/reduce
 That gives the pass (`jvp(...)`: forward; `transpose(...)`: backward; neither: loss,
 optimizer update) and the layer; numbers in layer names become `*`, so that the rows
 add up a layer kind over all blocks (`block*_*/depthwise/conv`). `--group=op` keeps the
-primitive (`.../conv/reduce_sum`). Times are per step, summed over the executor's
+primitive (`.../conv/reduce_sum`). A fusion carries its root operation's metadata, so
+work XLA fused across layers counts in the root's row. Times are per step, summed over the executor's
 threads, so on a multi-threaded backend the total can exceed the step's wall time.
 
 --torch prints the same breakdown for the PyTorch twin of a CNN config
@@ -37,7 +38,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
-  flags.DEFINE_integer('steps', 5, 'Traced steps (after one compile step and one warm-up).')
+  flags.DEFINE_integer('steps', 5, 'Traced steps (after compiling and two untraced steps).')
   flags.DEFINE_integer('top', 20, 'Rows to print (the rest summed in one row).')
   flags.DEFINE_enum('group', 'layer', ['layer', 'op'], 'Sum by layer, or by layer and primitive.')
   flags.DEFINE_string('trace_dir', None, 'Keep the trace here (TensorBoard/Perfetto); '
@@ -124,7 +125,8 @@ def table(totals: collections.Counter, top: int, title: str) -> str:
 
 
 def profile_jax(config, steps: int, trace_dir: str, group: str) -> collections.Counter:
-  """Traces `steps` train steps of `config` (after compiling and one warm-up step)."""
+  """Microseconds per step by (pass, layer) of `steps` traced train steps of `config`
+  (after compiling and two untraced steps), the trace written under `trace_dir`."""
   _, step_fn, state, batch, _ = bench.build_step(config)
   compiled = step_fn.lower(state, batch).compile()
   op_names = hlo_op_names(compiled.as_text())
