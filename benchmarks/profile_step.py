@@ -12,7 +12,11 @@ optimizer update) and the layer; numbers in layer names become `*`, so that the 
 add up a layer kind over all blocks (`block*_*/depthwise/conv`). `--group=op` keeps the
 primitive (`.../conv/reduce_sum`). A fusion carries its root operation's metadata, so
 work XLA fused across layers counts in the root's row. Times are per step, summed over the executor's
-threads, so on a multi-threaded backend the total can exceed the step's wall time.
+threads, so on a multi-threaded backend the total can exceed the step's wall time;
+the wall time per traced step is printed below the total. Work an operation hands to a
+thread pool after its event ends is in no event: XLA's CPU backend runs its own (Eigen)
+convolutions that way, so for a convolution-heavy step (ResNet) most of the convolution
+time shows up only as the "in no operation's event" row.
 
 --torch prints the same breakdown for the PyTorch twin of a CNN config
 (`benchmarks.torch_cnn`), from `torch.profiler`: self CPU time per ATen operation,
@@ -26,6 +30,8 @@ import json
 import os
 import re
 import tempfile
+import time
+from typing import Optional
 
 import jax
 from absl import app, flags
@@ -109,8 +115,10 @@ def read_trace(trace_dir: str) -> list:
     return json.load(f)['traceEvents']
 
 
-def table(totals: collections.Counter, top: int, title: str) -> str:
-  """Markdown rows, largest first: the `top` keys, the rest summed, and the total."""
+def table(totals: collections.Counter, top: int, title: str,
+          wall_us: Optional[float] = None) -> str:
+  """Markdown rows, largest first: the `top` keys, the rest summed, and the total; with
+  `wall_us` (the traced step's wall time), also that time and what no event covers."""
   total = sum(totals.values())
   lines = [f'| {title} | ms/step | share |', '|---|---:|---:|']
   ranked = totals.most_common()
@@ -121,12 +129,20 @@ def table(totals: collections.Counter, top: int, title: str) -> str:
   if rest:
     lines.append(f'| ({len(ranked) - top} more) | {rest / 1e3:.1f} | {100 * rest / total:.1f} % |')
   lines.append(f'| **total** | **{total / 1e3:.1f}** | |')
+  if wall_us is not None:
+    lines.append(f'| wall time per traced step | {wall_us / 1e3:.1f} | |')
+    if wall_us > total:
+      lines.append(f'| in no operation\'s event (asynchronous work, see the docstring) | '
+                   f'{(wall_us - total) / 1e3:.1f} | {100 * (wall_us - total) / wall_us:.1f} % '
+                   f'of wall |')
   return '\n'.join(lines)
 
 
-def profile_jax(config, steps: int, trace_dir: str, group: str) -> collections.Counter:
+def profile_jax(config, steps: int, trace_dir: str,
+                group: str) -> tuple[collections.Counter, float]:
   """Microseconds per step by (pass, layer) of `steps` traced train steps of `config`
-  (after compiling and two untraced steps), the trace written under `trace_dir`."""
+  (after compiling and two untraced steps), the trace written under `trace_dir`; and
+  the wall time per traced step in microseconds."""
   _, step_fn, state, batch, _ = bench.build_step(config)
   compiled = step_fn.lower(state, batch).compile()
   op_names = hlo_op_names(compiled.as_text())
@@ -134,10 +150,12 @@ def profile_jax(config, steps: int, trace_dir: str, group: str) -> collections.C
     state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
   with jax.profiler.trace(trace_dir):
+    start = time.perf_counter()
     for _ in range(steps):
       state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
-  return summarise(read_trace(trace_dir), op_names, steps, group)
+    wall_us = (time.perf_counter() - start) / steps * 1e6
+  return summarise(read_trace(trace_dir), op_names, steps, group), wall_us
 
 
 def conv_kind(op: str, shapes: list) -> str:
@@ -178,8 +196,8 @@ def main(argv):
     print(table(totals, FLAGS.top, f'PyTorch {config.model.name}: ATen operation (self time)'))
     return
   with tempfile.TemporaryDirectory() as tmp:
-    totals = profile_jax(config, FLAGS.steps, FLAGS.trace_dir or tmp, FLAGS.group)
-  print(table(totals, FLAGS.top, f'{config.model.name}: pass, layer'))
+    totals, wall_us = profile_jax(config, FLAGS.steps, FLAGS.trace_dir or tmp, FLAGS.group)
+  print(table(totals, FLAGS.top, f'{config.model.name}: pass, layer', wall_us))
 
 
 if __name__ == '__main__':

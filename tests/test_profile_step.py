@@ -49,6 +49,11 @@ def test_a_traced_step_is_summed_by_pass_and_layer(tmp_path):
   table = profile_step.table(totals, top=2, title='pass, layer')
   assert '| forward hidden |' in table or '| backward hidden |' in table
   assert table.splitlines()[-1].startswith('| **total** |')
+  total = sum(totals.values())
+  with_wall = profile_step.table(totals, top=2, title='pass, layer', wall_us=total + 1000)
+  assert with_wall.splitlines()[-2].startswith('| wall time per traced step |')
+  assert with_wall.splitlines()[-1].startswith("| in no operation's event") and '| 1.0 |' in \
+      with_wall.splitlines()[-1]
 
 
 def test_torch_convolution_kinds_from_input_shapes():
