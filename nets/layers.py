@@ -308,10 +308,10 @@ def depthwise_shifted(x: jax.Array, kernel: jax.Array, strides: int) -> jax.Arra
 
   x: [batch, h, w, channels]; kernel: [k, k, channels] -> [batch, h', w', channels].
 
-  Its VJP (first order only) keeps x as the residual, not the k^2 views, writes dy
-  once (`_written_once`), and computes the kernel gradient sum_{b,h,w} view_ij * dy
-  for all taps in one pass over x and dy (a variadic reduction over the batch, then
-  over space). Autodiff of the sum would materialise every view in the forward pass
+  Its VJP (reverse mode, first order; `jax.jvp` through it raises) keeps x as the
+  residual, not the k^2 views, writes dy once (`_written_once`), and computes the
+  kernel gradient sum_{b,h,w} view_ij * dy for all taps in one pass over x and dy (a
+  variadic reduction over the batch, then over space). Autodiff of the sum would materialise every view in the forward pass
   and reduce the k^2 products one at a time, which XLA's CPU backend does 3x slower
   (README: "Where the MobileNetV2 step spends its time").
   """
