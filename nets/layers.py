@@ -311,9 +311,11 @@ def depthwise_shifted(x: jax.Array, kernel: jax.Array, strides: int) -> jax.Arra
   Its VJP (reverse mode, first order; `jax.jvp` through it raises) keeps x as the
   residual, not the k^2 views, writes dy once (`_written_once`), and computes the
   kernel gradient sum_{b,h,w} view_ij * dy for all taps in one pass over x and dy (a
-  variadic reduction over the batch, then over space). Autodiff of the sum would materialise every view in the forward pass
-  and reduce the k^2 products one at a time, which XLA's CPU backend does 3x slower
-  (README: "Where the MobileNetV2 step spends its time").
+  variadic reduction over the batch, then over space). Autodiff of the sum would
+  materialise every view in the forward pass and reduce the k^2 products one at a
+  time, which XLA's CPU backend does 3x slower (README: "Where the MobileNetV2 step
+  spends its time"). Its dx is the VJP of the shifted sum (the unused primal is
+  removed by XLA).
   """
   return _depthwise_sum(x, kernel, strides)
 
