@@ -11,6 +11,15 @@ whole, unscaled and unoccluded (so it is an upper bound for a model that classif
 items as well as this classifier). The scenes are the test scenes of
 configs/unetpp_fashion_mnist_scenes.py (1,000 by default, items of the test split);
 the classifier is any trained classification run of this codebase on Fashion-MNIST.
+
+Given a segmentation run instead (its config and workdir), the classifier is the
+segmenter itself: each item gets the most frequent foreground class the segmenter
+predicts over the item's visible pixels (background when it predicts none). Its item
+accuracy and that mIoU, next to the segmenter's own mIoU on the same scenes, tell how
+much of the segmenter's gap is telling the items apart and how much is their outlines:
+
+  python -m benchmarks.scenes_oracle --config=configs/unetpp_fashion_mnist_scenes.py \
+      --workdir=runs/unetpp_fashion_mnist_scenes
 """
 
 import json
@@ -47,18 +56,49 @@ def classify_items(predictor: Predictor, config, images: np.ndarray) -> np.ndarr
   return np.concatenate(out)
 
 
-def oracle_confusion(pool: scenes.FashionMnistScenes, item_classes: np.ndarray) -> np.ndarray:
-  """[11, 11] pixel confusion matrix of the scenes when each visible item pixel gets
-  label item_classes[item] + 1 and the background is exact."""
+def pixel_confusion(label: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+  """[11, 11] confusion matrix (rows true, columns predicted) of label maps of any shape."""
+  return np.bincount(label.ravel().astype(np.int64) * scenes.NUM_CLASSES
+                     + predicted.ravel().astype(np.int64), minlength=scenes.NUM_CLASSES ** 2
+                     ).reshape(scenes.NUM_CLASSES, scenes.NUM_CLASSES)
+
+
+def oracle_confusion(pool: scenes.FashionMnistScenes, classes_of) -> np.ndarray:
+  """[11, 11] pixel confusion matrix of the scenes when the background is exact and each
+  visible pixel of a scene's k-th item gets label classes_of(index, scene)[k] + 1
+  (classes 0..9; -1 labels the item background). `scene` is pool.scene(index)."""
   matrix = np.zeros((scenes.NUM_CLASSES,) * 2, np.int64)
   for index in range(len(pool)):
     scene = pool.scene(index)
-    lookup = np.concatenate([[0], item_classes[scene['items']] + 1])
-    predicted = lookup[scene['instances']]
-    matrix += np.bincount(scene['label'].ravel().astype(np.int64) * scenes.NUM_CLASSES
-                          + predicted.ravel(), minlength=scenes.NUM_CLASSES ** 2
-                          ).reshape(scenes.NUM_CLASSES, scenes.NUM_CLASSES)
+    lookup = np.concatenate([[0], np.asarray(classes_of(index, scene)) + 1])
+    matrix += pixel_confusion(scene['label'], lookup[scene['instances']])
   return matrix
+
+
+def segment_scenes(predictor: Predictor, config, pool: scenes.FashionMnistScenes) -> np.ndarray:
+  """The segmenter's label maps [n_scenes, S, S] int32 of every scene of `pool` (the eval
+  pipeline's normalisation; the last batch padded)."""
+  size, out = config.eval_batch_size, []
+  for start in range(0, len(pool), size):
+    images = np.stack([pool[i]['image'] for i in range(start, min(start + size, len(pool)))])
+    batch = {'image': np.zeros((size, *images.shape[1:]), np.float32),
+             'label': np.zeros((size, *images.shape[1:3]), np.int32)}
+    batch['image'][:len(images)] = transforms.normalize(images, config.data.mean,
+                                                        config.data.std)
+    out.append(np.asarray(predictor.predict_batch(batch))[:len(images)])
+  return np.concatenate(out)
+
+
+def majority_classes(predicted: np.ndarray, instances: np.ndarray, count: int) -> np.ndarray:
+  """[count] class 0..9 of each item: the most frequent foreground label - 1 of
+  `predicted` [S, S] over the item's visible pixels (`instances` == k + 1); -1 where it
+  has none (hidden, or all predicted background)."""
+  classes = np.full(count, -1, np.int64)
+  for k in range(count):
+    votes = np.bincount(predicted[instances == k + 1], minlength=scenes.NUM_CLASSES)[1:]
+    if votes.any():
+      classes[k] = int(votes.argmax())
+  return classes
 
 
 def main(argv):
@@ -70,12 +110,33 @@ def main(argv):
   scene_config = unetpp_fashion_mnist_scenes.get_config()
   scene_config.data.dir = config.data.get('dir', '')
   pool = scenes.load_split(scene_config, 'test', _NUM_SCENES.value)
-  predicted = classify_items(predictor, config, pool.images)
-  metrics = confusion.segmentation_metrics(oracle_confusion(pool, predicted),
-                                           scenes.CLASS_NAMES)
-  print(json.dumps({'classifier_step': predictor.step,
-                    'item_accuracy': float((predicted == pool.labels).mean()),
-                    'num_scenes': len(pool), **metrics}))
+  if config.task == 'segmentation':
+    maps = segment_scenes(predictor, config, pool)
+    found = {}  # Scene index -> its items' majority classes.
+
+    def classes_of(index, scene):
+      found[index] = majority_classes(maps[index], scene['instances'], len(scene['items']))
+      return found[index]
+
+    matrix = oracle_confusion(pool, classes_of)
+    right, visible = 0, 0
+    for index, classes in found.items():
+      scene = pool.scene(index)
+      shown = scene['visible'] > 0
+      right += int((classes[shown] == scene['classes'][shown]).sum())
+      visible += int(shown.sum())
+    own = confusion.segmentation_metrics(
+        sum(pixel_confusion(pool[i]['label'], maps[i]) for i in range(len(pool))),
+        scenes.CLASS_NAMES)
+    extra = {'item_accuracy': right / visible, 'segmenter_miou': own['miou'],
+             'segmenter_pixel_accuracy': own['pixel_accuracy']}
+  else:
+    predicted = classify_items(predictor, config, pool.images)
+    matrix = oracle_confusion(pool, lambda index, scene: predicted[scene['items']])
+    extra = {'item_accuracy': float((predicted == pool.labels).mean())}
+  metrics = confusion.segmentation_metrics(matrix, scenes.CLASS_NAMES)
+  print(json.dumps({'classifier_step': predictor.step, **extra, 'num_scenes': len(pool),
+                    **metrics}))
 
 
 if __name__ == '__main__':

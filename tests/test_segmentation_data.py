@@ -346,11 +346,28 @@ def test_scenes_oracle_scores_exact_masks_with_the_given_item_classes():
   labels = np.arange(30) % 10
   pool = scenes.FashionMnistScenes(rng.integers(0, 255, (30, 28, 28), np.uint8), labels, 12,
                                    canvas_size=32)
-  exact = scenes_oracle.oracle_confusion(pool, labels)
+  exact = scenes_oracle.oracle_confusion(pool, lambda index, scene: labels[scene['items']])
   assert exact.sum() == 12 * 32 * 32
   np.testing.assert_array_equal(exact, np.diag(np.diag(exact)))
   wrong = np.where(labels == 3, 5, labels)  # Every Dress called Coat.
-  matrix = scenes_oracle.oracle_confusion(pool, wrong)
+  matrix = scenes_oracle.oracle_confusion(pool, lambda index, scene: wrong[scene['items']])
   assert exact[4, 4] > 0 and matrix[4, 4] == 0 and matrix[4, 6] == exact[4, 4]
   np.testing.assert_array_equal(np.delete(np.delete(matrix, 4, 0), 4, 1),
                                 np.delete(np.delete(exact, 4, 0), 4, 1))
+
+
+def test_scenes_oracle_gives_each_item_the_segmenters_majority_class():
+  """An item takes the most frequent foreground class predicted over its visible pixels,
+  background votes ignored; an item with none gets -1 (labelled background)."""
+  from benchmarks import scenes_oracle  # pylint: disable=import-outside-toplevel
+  instances = np.array([[1, 1, 1, 0],
+                        [1, 1, 2, 2],
+                        [0, 0, 2, 3]])
+  predicted = np.array([[4, 4, 0, 0],   # Item 1: classes 3, 3, (bg), 6, 3 -> 3.
+                        [7, 4, 0, 0],   # Item 2: all background -> -1.
+                        [9, 9, 0, 5]])  # Item 3: class 4. Item 4 is hidden -> -1.
+  np.testing.assert_array_equal(scenes_oracle.majority_classes(predicted, instances, 4),
+                                [3, -1, 4, -1])
+  label = np.array([[0, 4], [5, 5]])
+  matrix = scenes_oracle.pixel_confusion(label, np.array([[0, 4], [4, 5]]))
+  assert matrix.sum() == 4 and matrix[0, 0] == matrix[4, 4] == matrix[5, 4] == matrix[5, 5] == 1
