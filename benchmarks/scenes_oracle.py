@@ -112,23 +112,21 @@ def main(argv):
   pool = scenes.load_split(scene_config, 'test', _NUM_SCENES.value)
   if config.task == 'segmentation':
     maps = segment_scenes(predictor, config, pool)
-    found = {}  # Scene index -> its items' majority classes.
+    own = np.zeros((scenes.NUM_CLASSES,) * 2, np.int64)  # The segmenter's own confusion.
+    right, shown = [], []  # Per scene: items named right, items with visible pixels.
 
     def classes_of(index, scene):
-      found[index] = majority_classes(maps[index], scene['instances'], len(scene['items']))
-      return found[index]
+      nonlocal own
+      classes = majority_classes(maps[index], scene['instances'], len(scene['items']))
+      visible = scene['visible'] > 0
+      right.append(int((classes[visible] == scene['classes'][visible]).sum()))
+      shown.append(int(visible.sum()))
+      own = own + pixel_confusion(scene['label'], maps[index])
+      return classes
 
     matrix = oracle_confusion(pool, classes_of)
-    right, visible = 0, 0
-    for index, classes in found.items():
-      scene = pool.scene(index)
-      shown = scene['visible'] > 0
-      right += int((classes[shown] == scene['classes'][shown]).sum())
-      visible += int(shown.sum())
-    own = confusion.segmentation_metrics(
-        sum(pixel_confusion(pool[i]['label'], maps[i]) for i in range(len(pool))),
-        scenes.CLASS_NAMES)
-    extra = {'item_accuracy': right / visible, 'segmenter_miou': own['miou'],
+    own = confusion.segmentation_metrics(own, scenes.CLASS_NAMES)
+    extra = {'item_accuracy': sum(right) / sum(shown), 'segmenter_miou': own['miou'],
              'segmenter_pixel_accuracy': own['pixel_accuracy']}
   else:
     predicted = classify_items(predictor, config, pool.images)
