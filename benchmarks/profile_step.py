@@ -13,10 +13,10 @@ add up a layer kind over all blocks (`block*_*/depthwise/conv`). `--group=op` ke
 primitive (`.../conv/reduce_sum`). A fusion carries its root operation's metadata, so
 work XLA fused across layers counts in the root's row. Times are per step, summed over
 the executor's threads, so on a multi-threaded backend the total can exceed the step's
-wall time; the wall time per traced step is printed below the total. Work an operation hands to a
-thread pool after its event ends is in no event: XLA's CPU backend runs its own (Eigen)
-convolutions that way, so for a convolution-heavy step (ResNet) most of the convolution
-time shows up only as the "in no operation's event" row.
+wall time; the wall time per traced step is printed below the total. Work an operation
+hands to a thread pool after its event ends is in no event: XLA's CPU backend runs its
+own (Eigen) convolutions that way, so for a convolution-heavy step (ResNet) most of the
+convolution time shows up only as the "in no operation's event" row.
 
 --torch prints the same breakdown for the PyTorch twin of a CNN config
 (`benchmarks.torch_cnn`), from `torch.profiler`: self CPU time per ATen operation,

@@ -43,10 +43,10 @@ _NUM_SCENES = flags.DEFINE_integer('num_scenes', 1000, 'Test scenes scored.')
 flags.mark_flags_as_required(['config'])
 
 
-def classify_items(predictor: Predictor, config, images: np.ndarray) -> np.ndarray:
-  """The classifier's class [n] for each item image [n, 28, 28] uint8 (the eval
-  pipeline's normalisation; the last batch padded)."""
-  x = transforms.normalize(images[..., None], config.data.mean, config.data.std)
+def predict_images(predictor: Predictor, config, images: np.ndarray) -> np.ndarray:
+  """The run's predictions for uint8 images [n, h, w, c], in batches of
+  config.eval_batch_size (the eval pipeline's normalisation; the last batch padded)."""
+  x = transforms.normalize(images, config.data.mean, config.data.std)
   size, out = config.eval_batch_size, []
   for start in range(0, len(x), size):
     batch = np.zeros((size, *x.shape[1:]), np.float32)
@@ -54,6 +54,11 @@ def classify_items(predictor: Predictor, config, images: np.ndarray) -> np.ndarr
     batch[:len(part)] = part
     out.append(np.asarray(predictor.predict_batch({'image': batch}))[:len(part)])
   return np.concatenate(out)
+
+
+def classify_items(predictor: Predictor, config, images: np.ndarray) -> np.ndarray:
+  """The classifier's class [n] for each item image [n, 28, 28] uint8."""
+  return predict_images(predictor, config, images[..., None])
 
 
 def pixel_confusion(label: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -76,17 +81,8 @@ def oracle_confusion(pool: scenes.FashionMnistScenes, classes_of) -> np.ndarray:
 
 
 def segment_scenes(predictor: Predictor, config, pool: scenes.FashionMnistScenes) -> np.ndarray:
-  """The segmenter's label maps [n_scenes, S, S] int32 of every scene of `pool` (the eval
-  pipeline's normalisation; the last batch padded)."""
-  size, out = config.eval_batch_size, []
-  for start in range(0, len(pool), size):
-    images = np.stack([pool[i]['image'] for i in range(start, min(start + size, len(pool)))])
-    batch = {'image': np.zeros((size, *images.shape[1:]), np.float32),
-             'label': np.zeros((size, *images.shape[1:3]), np.int32)}
-    batch['image'][:len(images)] = transforms.normalize(images, config.data.mean,
-                                                        config.data.std)
-    out.append(np.asarray(predictor.predict_batch(batch))[:len(images)])
-  return np.concatenate(out)
+  """The segmenter's label maps [n_scenes, S, S] int32 of every scene of `pool`."""
+  return predict_images(predictor, config, np.stack([pool[i]['image'] for i in range(len(pool))]))
 
 
 def majority_classes(predicted: np.ndarray, instances: np.ndarray, count: int) -> np.ndarray:
