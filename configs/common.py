@@ -73,8 +73,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.0      # Weight decay coefficient (x learning rate).
   c.optim.weight_decay_mode = 'decoupled'  # 'decoupled' (AdamW/SGDW, after the moments)
                                   # or 'coupled' (L2 added to the gradient, PyTorch SGD).
-  c.optim.no_decay_names = ('pos_embedding', 'cls_token')  # Parameter paths never decayed
-                                  # (besides all biases and norm scales, which are 1-D).
+  c.optim.no_decay_names = ('pos_embedding', 'cls_token', 'source_positions',
+                            'target_positions')  # Parameter paths never decayed: position
+                                  # embeddings (ViT, the Transformer's learned ones), the
+                                  # class token; all biases and norm scales (1-D) neither.
   c.optim.grad_clip_norm = 1.0    # Global-norm gradient clipping; 0 disables it.
   c.optim.schedule = 'cosine'     # 'cosine', 'linear', 'step', 'rsqrt' or 'constant'.
   c.optim.end_learning_rate_factor = 0.0  # Final lr / peak lr for cosine and linear.

@@ -142,6 +142,15 @@ def clip_boxes(example: dict, height: int, width: int, min_visible: float = 0.25
   return _select({**example, 'boxes': clipped}, keep), int((~keep).sum())
 
 
+def drop_difficult(example: dict) -> dict:
+  """The example without the boxes flagged in its optional 'difficult' array (VOC's
+  difficult objects, COCO's crowd boxes), for training: darknet's VOC labels and
+  ultralytics' COCO labels leave them out, and the evaluation ignores them."""
+  if 'difficult' not in example:
+    return example
+  return _select(example, ~np.asarray(example['difficult'], bool).reshape(-1))
+
+
 def cap_boxes(example: dict, max_boxes: int) -> tuple[dict, int]:
   """Keeps the first `max_boxes` boxes (and their classes, difficult flags).
 

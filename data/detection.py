@@ -6,13 +6,15 @@ uint8, 'boxes': [n, 4] float32 xyxy pixel-edge coordinates, 'classes': [n] int32
 optional 'difficult': [n] bool}; n may be 0.
 
 Training (per example, deterministic per step; data.box_augment):
-  check -> letterbox to image_size -> Mosaic with probability augment.mosaic_prob (the
-  example and three others of this process's shard, drawn by the example's own random
-  numbers) -> random scale / translate / crop (augment.scale_range, augment.translate)
-  -> flip -> colour jitter -> cap at data.max_boxes -> pad to max_boxes; then batch and
-  normalise. Boxes that lose most of their area to a crop are dropped; every dropped box
-  (crop, max_boxes) is counted in the batch's 'dropped' field, which the task logs as
-  the train metric 'dropped_boxes' (per image).
+  check -> leave out 'difficult' boxes (VOC difficult, COCO crowd: not trained on, as in
+  darknet and ultralytics; ignored by the evaluation) -> letterbox to image_size ->
+  Mosaic with probability augment.mosaic_prob (the example and three others of this
+  process's shard, drawn by the example's own random numbers) -> random scale /
+  translate / crop (augment.scale_range, augment.translate) -> flip -> colour jitter ->
+  cap at data.max_boxes -> pad to max_boxes; then batch and normalise. Boxes that lose
+  most of their area to a crop are dropped; every dropped box (crop, max_boxes) is
+  counted in the batch's 'dropped' field, which the task logs as the train metric
+  'dropped_boxes' (per image).
 Evaluation: letterbox to image_size, no augmentation; the ground truth for scoring stays
 in the original image's pixels (`ground_truth`), and detections are mapped back to them.
 
@@ -75,7 +77,8 @@ class TrainAugment(grain.transforms.RandomMap):
   jitter: tuple  # (brightness, contrast, saturation)
 
   def _example(self, index: int) -> dict:
-    return checked_example(self.source, index, self.num_classes, self.split, self.image_size)
+    return box_augment.drop_difficult(
+        checked_example(self.source, index, self.num_classes, self.split, self.image_size))
 
   def random_map(self, index: int, rng: np.random.Generator) -> dict:
     size, dropped = self.image_size, 0
@@ -151,7 +154,8 @@ def train_iterator(config, source, split: str, num_classes: int, *, process_inde
   augment = TrainAugment(source, process_index, process_count, num_classes, split,
                          data.image_size, data.max_boxes, **_augment_options(config))
   ds = grain.MapDataset.range(len(source))[process_index::process_count]
-  ds = ds.shuffle(seed=config.seed).repeat().random_map(augment, seed=config.seed + 1)
+  ds = ds.shuffle(seed=config.seed).repeat().random_map(
+      augment, seed=pipeline.process_seed(config.seed + 1, process_index))
   ds = ds.batch(pipeline.local_batch_size(config.batch_size, process_count),
                 drop_remainder=True).map(Normalize(tuple(data.mean), tuple(data.std)))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data.num_threads,
@@ -182,6 +186,9 @@ class DetectionData:
     spec: DataSpec: model_kwargs {'num_classes', 'num_channels', 'num_anchors'}, init_args
       ([1, S, S, c] float32 zeros,).
     class_names: names of classes 0..num_classes - 1.
+    difficult_overlap: how the evaluation measures overlap with the ground truth's
+      'difficult' boxes (tasks.coco_map.evaluate): 'iod' for COCO's crowd boxes, 'iou'
+      (VOC's rule) otherwise.
   Raises ValueError for an image_size that is not a positive multiple of 32, what
   detection_sources.build_source / class_names and pipeline.eval_splits raise.
   """
@@ -193,6 +200,7 @@ class DetectionData:
                        f'of 32 (the YOLOv3 total stride)')
     self.config = config
     self.class_names = list(detection_sources.class_names(config))
+    self.difficult_overlap = detection_sources.difficult_overlap(config)
     self.eval_splits = pipeline.eval_splits(config)
     self.train_source = detection_sources.build_source(config, data.train_split)
     self.eval_sources = {role: detection_sources.build_source(config, split)

@@ -311,6 +311,14 @@ def build_source(config, split: str):
   return source
 
 
+def difficult_overlap(config) -> str:
+  """The overlap the evaluation uses against 'difficult' boxes (tasks.coco_map): 'iod'
+  where they are COCO's crowd boxes (COCO's rule: a detection inside a crowd region is
+  ignored), 'iou' for VOC's difficult objects and elsewhere."""
+  coco = config.data.source == 'tfds' and config.data.name.startswith('coco')
+  return 'iod' if coco else 'iou'
+
+
 def class_names(config) -> tuple[str, ...]:
   """The names of classes 0..num_classes - 1 of config.data.
 

@@ -104,6 +104,17 @@ def _image_and_label(batch: dict) -> dict:
   return {'image': batch['image'], 'label': batch['label'].astype(np.int32)}
 
 
+def process_seed(seed: int, process_index: int) -> int:
+  """The seed of one process's random augmentation stream: `seed` itself on process 0
+  (so a single-host run draws what it always drew), another one derived from (seed,
+  process_index) on every other process. Grain draws an element's random numbers from
+  (seed, its index in this process's shard); with one seed for all, every host would
+  crop, flip, erase and mix its k-th example exactly as the others do."""
+  if process_index == 0:
+    return seed
+  return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+
+
 def train_iterator(config, source, *, process_index: int = 0, process_count: int = 1):
   """An endless iterator of augmented training batches for this process.
 
@@ -120,13 +131,13 @@ def train_iterator(config, source, *, process_index: int = 0, process_count: int
   if aug.random_resized_crop_size > 0:
     ds = ds.random_map(transforms.RandomResizedCrop(aug.random_resized_crop_size,
                                                     tuple(aug.random_resized_crop_scale)),
-                       seed=config.seed + 2)
+                       seed=process_seed(config.seed + 2, process_index))
   ds = ds.batch(batch, drop_remainder=True)
   if aug.get('on_device', False):  # The train step augments and normalises (uint8 here).
     ds = ds.map(_image_and_label)
   else:
     ds = ds.random_map(transforms.TrainAugment(**transforms.augment_options(config)),
-                       seed=config.seed + 1)
+                       seed=process_seed(config.seed + 1, process_index))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.data.num_threads,
                                             prefetch_buffer_size=config.data.prefetch_batches))
   if config.data.num_workers > 0:

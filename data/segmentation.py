@@ -270,7 +270,8 @@ def train_iterator(config, source, split: str, *, process_index: int = 0,
                          split=split, flip=aug.flip, scale_range=tuple(aug.scale_range))
   ds = grain.MapDataset.source(source)[process_index::process_count].map(CheckExample(split))
   ds = ds.shuffle(seed=config.seed).repeat()
-  ds = ds.batch(batch, drop_remainder=True).random_map(augment, seed=config.seed + 1)
+  ds = ds.batch(batch, drop_remainder=True).random_map(
+      augment, seed=pipeline.process_seed(config.seed + 1, process_index))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data.num_threads,
                                             prefetch_buffer_size=data.prefetch_batches))
   if data.get('num_workers', 0) > 0:

@@ -61,7 +61,7 @@ BatchNorm, plus one BatchNorm scale per channel of those convolutions (2,944 and
 `tests/test_unet.py` checks this.
 """
 
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import einops
 import flax.linen as nn
@@ -209,6 +209,7 @@ class UNetPlusPlus(nn.Module):
     dtype: compute dtype; parameters, BatchNorm statistics and logits stay float32.
     axis_name: pmap axis for synchronised BatchNorm; the pmap engine sets 'data'.
   """
+  prunable: ClassVar[bool] = True  # Takes `level` (pruned inference); config checks read it.
   num_classes: int
   filters: Sequence[int] = FILTERS
   width: float = 1.0
@@ -274,6 +275,7 @@ class UNet(nn.Module):
   config can switch between the two models and is ignored: U-Net has no intermediate
   X^{0,j} and always returns its one head.
   """
+  prunable: ClassVar[bool] = False  # Takes no `level` (see UNetPlusPlus).
   num_classes: int
   filters: Sequence[int] = FILTERS
   width: float = 1.0

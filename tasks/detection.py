@@ -155,7 +155,8 @@ def evaluators(config, data, predict_fn, engine) -> list:
                           'classes': detections['classes'][i][keep]})
     return coco_map.evaluate(truths, predictions, len(data.class_names),
                              class_names=[n.replace(' ', '_') for n in data.class_names],
-                             max_detections=config.nms.max_detections)
+                             max_detections=config.nms.max_detections,
+                             difficult_overlap=data.difficult_overlap)
 
   return [evaluators_lib.GatherEvaluator(predict_fn, engine, score)]
 

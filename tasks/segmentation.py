@@ -117,12 +117,18 @@ def check(config) -> None:
                      f'one of {list(INFERENCE_HEADS)}')
   depth = getattr(model, 'depth', None)
   level = config.inference.level
-  if level and not getattr(model, 'deep_supervision', False):
-    raise ValueError(f'config.inference.level={level}: pruned inference needs a UNet++ with '
-                     f'deep supervision (model {config.model.name!r} has no head there); use 0')
-  if level and not 1 <= level <= depth:
+  if not level:
+    return
+  if not getattr(model, 'prunable', False):
+    raise ValueError(f'config.inference.level={level}: model {config.model.name!r} cannot be '
+                     'pruned (a UNet++, unetpp, can); use 0')
+  if not 1 <= level <= depth:
     raise ValueError(f'config.inference.level={level} must be 0 (full network) or in '
                      f'[1, {depth}] (model.depth)')
+  if level < depth and not model.deep_supervision:
+    raise ValueError(f'config.inference.level={level}: pruned inference below model.depth '
+                     'needs model.deep_supervision=True (no head is trained on X^{0,'
+                     f'{level}}} without it); use 0')
 
 
 def build_data(config):

@@ -169,6 +169,16 @@ def test_random_affine_drop_counts_match_the_visible_pixels():
   assert total_dropped > 0  # The seeds push some boxes mostly off the canvas.
 
 
+def test_drop_difficult_keeps_the_other_boxes_in_order():
+  out = ba.drop_difficult(_scene())  # Rectangles 1 and 3 are difficult.
+  assert out['classes'].tolist() == [0, 2] and out['difficult'].tolist() == [False, False]
+  np.testing.assert_array_equal(out['boxes'], np.array(RECTS, np.float32)[[0, 2]])
+  np.testing.assert_array_equal(out['image'], _scene()['image'])
+  unflagged = {k: v for k, v in _scene().items() if k != 'difficult'}
+  assert len(ba.drop_difficult(unflagged)['boxes']) == len(RECTS)
+  assert len(ba.drop_difficult(_empty())['boxes']) == 0
+
+
 def test_resize_and_place_drops_boxes_pushed_off_the_canvas():
   scene = _scene()
   # Right by 30: B (34..60) is wholly off, D (30..56 -> 60..86) keeps 4/26 < 1/4.

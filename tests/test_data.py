@@ -237,6 +237,24 @@ def test_train_pipeline_shards_per_process(fmnist_dir):
   assert shards[0] | shards[1] == set(range(n))
 
 
+
+def test_each_process_draws_its_own_augmentations(fmnist_dir):
+  """Grain seeds an element's draws with (seed, local index): one seed on every host
+  would augment each host's k-th example the same way."""
+  c = tiny_config(fmnist_dir)
+  c.augment.random_erasing_prob = 0.5
+  c.augment.random_resized_crop_size = 20
+  image = np.random.default_rng(0).integers(0, 256, (28, 28, 1), np.uint8)
+  # Every example the same image: what differs between batches is the augmentation.
+  source = sources.ArraySource(np.repeat(image[None], 32, 0), np.zeros(32, np.int32))
+  first, second = (next(pipeline.train_iterator(c, source, process_index=i, process_count=2))
+                   for i in range(2))
+  c.batch_size = 8  # Alone with process 0's local batch: process 0 draws what it drew alone.
+  np.testing.assert_array_equal(first['image'], next(pipeline.train_iterator(c, source))['image'])
+  assert not np.array_equal(first['image'], second['image'])
+  assert pipeline.process_seed(5, 0) == 5
+  assert len({pipeline.process_seed(5, i) for i in range(4)} | {6, 7}) == 6
+
 def test_eval_batches_cover_split_exactly_once(fmnist_dir):
   c = tiny_config(fmnist_dir)
   c.eval_batch_size = 16

@@ -317,6 +317,14 @@ def test_coco_record_to_pixel_edges_by_hand():
   assert detection_sources.COCO_CLASS_NAMES[79] == 'toothbrush'
 
 
+def test_crowd_boxes_are_scored_by_cocos_rule_difficult_ones_by_vocs():
+  from configs import (yolov3_coco, yolov3_fashion_mnist_scenes,  # pylint: disable=import-outside-toplevel
+                       yolov3_voc)
+  assert detection_sources.difficult_overlap(yolov3_coco.get_config()) == 'iod'
+  assert detection_sources.difficult_overlap(yolov3_voc.get_config()) == 'iou'
+  assert detection_sources.difficult_overlap(yolov3_fashion_mnist_scenes.get_config()) == 'iou'
+
+
 def test_records_without_objects_and_with_mismatched_objects():
   image = np.zeros((4, 6, 3), np.uint8)
   empty = {'bbox': np.zeros((0, 4), np.float32), 'label': np.zeros(0, np.int64)}

@@ -37,6 +37,7 @@ def test_linear_and_step_decay():
 def test_rsqrt_schedule_is_inverse_square_root_after_warmup():
   f = optim.learning_rate_schedule(_config('rsqrt'), 1000)
   np.testing.assert_allclose([f(10), f(40), f(90)], [1.0, 0.5, np.sqrt(10 / 90)], atol=1e-6)
+  np.testing.assert_allclose([f(0), f(5)], [0.0, 0.5], atol=1e-6)  # Warmup, Python ints too.
 
 
 def test_schedule_errors():
@@ -51,6 +52,10 @@ def test_weight_decay_mask():
             'pos_embedding': jnp.zeros((1, 49, 8)), 'cls_token': jnp.zeros((1, 1, 8)),
             'encoder_block_0': {'ln_mlp': {'scale': jnp.ones(8), 'bias': jnp.zeros(8)},
                                 'mlp': {'Dense_0': {'kernel': jnp.zeros((8, 16))}}}}
+  transformer = {'source_positions': jnp.zeros((16, 8)), 'target_positions': jnp.zeros((16, 8)),
+                 'source_embed': {'embedding': jnp.zeros((30, 8))}}
+  assert optim.weight_decay_mask(transformer) == {  # Learned positions: position embeddings.
+      'source_positions': False, 'target_positions': False, 'source_embed': {'embedding': True}}
   mask = optim.weight_decay_mask(params)
   assert mask == {'patch_embedding': {'kernel': True, 'bias': False},
                   'pos_embedding': False, 'cls_token': False,

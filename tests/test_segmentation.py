@@ -95,10 +95,18 @@ def test_bad_task_loss_head_or_level_names_the_valid_choices():
   config.task = 'segmentaton'
   with pytest.raises(ValueError, match="choose one of.*'segmentation'"):
     trainer.validate(config, 1)
+  for deep_supervision in (False, True):  # U-Net accepts and ignores deep_supervision.
+    config = unetpp_fashion_mnist_scenes.get_config()
+    config.model.name, config.inference.level = 'unet', 2
+    config.model.deep_supervision = deep_supervision
+    with pytest.raises(ValueError, match="model 'unet' cannot be pruned"):
+      trainer.validate(config, 1)
   config = unetpp_fashion_mnist_scenes.get_config()
-  config.model.name, config.model.deep_supervision, config.inference.level = 'unet', False, 2
-  with pytest.raises(ValueError, match='pruned inference needs a UNet'):
+  config.model.deep_supervision, config.inference.level = False, 2
+  with pytest.raises(ValueError, match='needs model.deep_supervision=True'):
     trainer.validate(config, 1)
+  config.inference.level = config.model.depth  # The full network's own head.
+  trainer.validate(config, 1)
 
 
 def _shrink(config):

@@ -249,6 +249,18 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(fmnist_dir, tmp
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['3']
 
 
+def test_a_non_finite_gradient_stops_training_although_its_loss_is_finite():
+  # The loss of step s is computed before update s: an overflowing gradient leaves it
+  # finite while the update makes the parameters NaN.
+  step = lambda grad_norm, param_norm: {'loss': np.array([2.0, 8.0]), 'grad_norm': grad_norm,
+                                        'param_norm': param_norm, 'learning_rate': 0.1}
+  assert trainer._summarise([step(1.0, 3.0)], 7)['loss'] == 0.25
+  with pytest.raises(trainer.NonFiniteLossError, match='gradient norm is inf at step 8'):
+    trainer._summarise([step(1.0, 3.0), step(np.inf, np.nan)], 7)
+  with pytest.raises(trainer.NonFiniteLossError, match='parameter norm is nan at step 7'):
+    trainer._summarise([step(1.0, np.nan)], 7)
+
+
 def test_sigterm_saves_and_exits_cleanly(fmnist_dir, tmp_path):
   config = tiny_config(fmnist_dir)
   config.num_train_steps = 50
@@ -305,6 +317,17 @@ def test_validate_errors(fmnist_dir):
   config.parallel, config.grad_accum_steps = 'jit', 3
   with pytest.raises(ValueError, match='grad_accum_steps'):
     trainer.validate(config, 8)
+  config.grad_accum_steps, config.checkpoint.best_mode = 1, 'best'
+  with pytest.raises(ValueError, match=r"best_mode='best'.*\['max', 'min'\]"):
+    trainer.validate(config, 8)
+
+
+def test_best_metric_must_name_a_validation_metric():
+  validation = {'top1': 0.5, 'loss': 1.2, 'num_examples': 100.0}
+  trainer._check_best_metric('top1', validation)
+  trainer._check_best_metric('', validation)
+  with pytest.raises(ValueError, match=r"best_metric='acc'.*\['loss', 'top1'\]"):
+    trainer._check_best_metric('acc', validation)
 
 
 def _launch(*args):
@@ -520,6 +543,25 @@ def test_unknown_restore_errors_are_raised_not_quarantined(tmp_path, monkeypatch
   with pytest.raises(TypeError, match='a bug'):
     ckpt.restore_latest(_abstract(_tiny_state(0, 0.0)), None)
   assert ckpt.all_steps() == [1] and not os.path.exists(tmp_path / 'checkpoints_corrupt')
+  ckpt.close()
+
+
+def test_checkpoints_of_another_process_count_stop_the_run_and_stay(tmp_path):
+  """Data positions are saved per process: a restart with another process count must
+  not take the missing position file for damage and move every checkpoint aside."""
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), keep=5, best_metric='', async_save=False)
+  for step in (1, 2):
+    ckpt.save(_tiny_state(step, float(step)), iter(grain.MapDataset.range(4).to_iter_dataset()))
+  for step in (1, 2):  # As two processes would have written them.
+    data = tmp_path / 'checkpoints' / str(step) / 'data'
+    (data / 'process_0-of-1.json').rename(data / 'process_0-of-2.json')
+    (data / 'process_1-of-2.json').write_text((data / 'process_0-of-2.json').read_text())
+  before = _listing(tmp_path)
+  with pytest.raises(checkpoint_lib.CheckpointMismatchError,
+                     match='step 2 .* written by 2 processes and this run has 1'):
+    ckpt.restore_latest(_abstract(_tiny_state(0, 0.0)),
+                        iter(grain.MapDataset.range(4).to_iter_dataset()))
+  assert _listing(tmp_path) == before and ckpt.all_steps() == [1, 2]
   ckpt.close()
 
 

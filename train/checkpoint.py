@@ -9,6 +9,8 @@ Restoring never deletes anything and tells these outcomes apart, newest step fir
   * readable and of the current structure: restored;
   * of another structure (tree, shapes or dtypes; e.g. a changed model width):
     `CheckpointMismatchError` naming the differing leaves; nothing is moved;
+  * written by another number of processes (each saved its own input position):
+    `CheckpointMismatchError` naming both counts; nothing is moved;
   * unreadable (missing or truncated files, an interrupted save): moved to
     <workdir>/checkpoints_corrupt/ with a warning naming the step, and the previous
     step is tried;
@@ -22,6 +24,7 @@ In multi-process jobs every process checks its own files, the outcome is agreed
 import errno
 import json
 import os
+import re
 import shutil
 import time
 
@@ -43,6 +46,7 @@ _UNREADABLE_STATUS = ('DATA_LOSS', 'OUT_OF_RANGE', 'NOT_FOUND')
 _TRANSIENT_STATUS = ('UNAVAILABLE', 'DEADLINE_EXCEEDED', 'ABORTED', 'RESOURCE_EXHAUSTED',
                      'CANCELLED')
 _MISSING_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
+_DATA_FILE = re.compile(r'process_\d+-of-(\d+)\.json')
 
 
 class CheckpointMismatchError(ValueError):
@@ -239,8 +243,18 @@ class Checkpointer:
         return UNREADABLE, ValueError(f'checkpoint {step} has no state item')
       saved = getattr(saved, 'tree', saved)
       if with_data:
-        path = os.path.join(self.directory, str(step), 'data',
-                            f'process_{jax.process_index()}-of-{jax.process_count()}.json')
+        data = os.path.join(self.directory, str(step), 'data')
+        written_by = _data_process_counts(data)
+        if written_by and jax.process_count() not in written_by:
+          # Each process saved its own input position; another process count cannot
+          # take them up, and the checkpoint is not damaged: stop, move nothing.
+          return MISMATCH, (
+              f'The checkpoint at step {step} in {self.directory} was written by '
+              f'{" or ".join(map(str, sorted(written_by)))} processes and this run has '
+              f'{jax.process_count()}: the input pipeline positions are saved per process. '
+              'Resume with the same number of processes, or start a new workdir from its '
+              'weights with --config.init_from.')
+        path = os.path.join(data, f'process_{jax.process_index()}-of-{jax.process_count()}.json')
         self._read(lambda: _load_json(path), step)
     except Exception as e:  # pylint: disable=broad-except
       return classify_error(e), e
@@ -326,6 +340,16 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def _data_process_counts(data_directory: str) -> set[int]:
+  """The process counts named by a checkpoint's `process_<i>-of-<count>.json` data files
+  (empty when there are none or the directory cannot be listed)."""
+  try:
+    names = os.listdir(data_directory)
+  except OSError:
+    return set()
+  return {int(m.group(1)) for m in map(_DATA_FILE.fullmatch, names) if m}
 
 
 def _load_json(path: str):

@@ -55,7 +55,9 @@ def learning_rate_schedule(config, total_steps: int) -> Callable[[int], float]:
     decay = optax.piecewise_constant_schedule(
         peak, {int(b * decay_steps): opt.step_factor for b in opt.step_boundaries})
   elif opt.schedule == 'rsqrt':
-    decay = lambda s: peak * jax.numpy.sqrt(max(warmup, 1) / (s + max(warmup, 1)))
+    # join_schedules also evaluates it during warmup (s < 0), where it is not used.
+    decay = lambda s: peak * jax.numpy.sqrt(max(warmup, 1) / (jax.numpy.maximum(s, 0)
+                                                             + max(warmup, 1)))
   else:
     decay = optax.constant_schedule(peak)
   if warmup == 0:
@@ -63,7 +65,10 @@ def learning_rate_schedule(config, total_steps: int) -> Callable[[int], float]:
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
-def weight_decay_mask(params, no_decay_names=('pos_embedding', 'cls_token')):
+NO_DECAY_NAMES = ('pos_embedding', 'cls_token', 'source_positions', 'target_positions')
+
+
+def weight_decay_mask(params, no_decay_names=NO_DECAY_NAMES):
   """True for parameters that get weight decay: arrays with ndim > 1 (kernels,
   embeddings), except those whose path contains one of `no_decay_names`. Biases and
   normalisation scales (ndim 1) are never decayed."""

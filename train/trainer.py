@@ -59,6 +59,7 @@ def validate(config, num_devices: int) -> None:
   choice('optim.schedule', config.optim.schedule, optim.SCHEDULES)
   choice('optim.weight_decay_mode', config.optim.weight_decay_mode, optim.WEIGHT_DECAY_MODES)
   choice('task', config.task, tasks.REGISTRY)
+  choice('checkpoint.best_mode', config.checkpoint.best_mode, ('max', 'min'))
   tasks.get(config.task).check(config)  # Model names and fields, task-specific fields.
   for field in ('batch_size', 'eval_batch_size', 'log_every_steps', 'grad_accum_steps'):
     if config[field] <= 0:
@@ -99,14 +100,31 @@ def evaluate(state, engine, data, role: str, eval_step=None, evaluators=()) -> d
   return result
 
 
+def _check_best_metric(name: str, validation: dict) -> None:
+  """Raises ValueError unless `name` ('' for none) is one of the `validation` metrics.
+
+  The names exist only once the task's evaluators have run, so this runs after the
+  first validation, before any checkpoint is saved with them (Orbax would fail there
+  at the second save, and at every resume)."""
+  valid = sorted(k for k in validation if k != 'num_examples')
+  if name and name not in valid:
+    raise ValueError(f'config.checkpoint.best_metric={name!r} is not a validation metric of '
+                     f'this task; choose one of {valid} (or \'\' to keep no best checkpoint). '
+                     'The checkpoints saved so far are kept.')
+
+
 def _summarise(step_metrics: list[dict], first_step: int) -> dict:
   """Host metrics of consecutive steps -> averages. Raises NonFiniteLossError with the
-  step number of the first non-finite loss."""
+  step number of the first non-finite loss, gradient norm or parameter norm: the loss
+  is computed before the step's update, so an overflowing gradient shows first in the
+  norms, and the parameters it made NaN must not be saved as the newest checkpoint."""
   for i, m in enumerate(step_metrics):
-    if not np.isfinite(m['loss'][0]):
-      raise NonFiniteLossError(f'Training loss is {m["loss"][0] / m["loss"][1]} at step '
-                               f'{first_step + i}; stopping. The last checkpoint written '
-                               'before it is kept.')
+    values = {'loss': m['loss'][0] / m['loss'][1], 'gradient norm': m['grad_norm'],
+              'parameter norm': m['param_norm']}
+    for name, value in values.items():
+      if not np.isfinite(value):
+        raise NonFiniteLossError(f'Training {name} is {value} at step {first_step + i}; '
+                                 'stopping. The last checkpoint written before it is kept.')
   out = {}
   for name in step_metrics[0]:
     values = np.stack([m[name] for m in step_metrics])
@@ -256,6 +274,7 @@ def run(config, workdir: str) -> dict:
         if do_eval:
           validation_at[step] = run_eval(state, 'validation')
           writer.write(step, 'validation', validation_at[step])
+          _check_best_metric(config.checkpoint.best_metric, validation_at[step])
         if do_ckpt:
           ckpt.save(engine.to_canonical(state), train_iter, metrics=validation_at.get(step))
         if do_eval or do_ckpt:
