@@ -12,6 +12,9 @@ from nets import decoding
 from tasks import common, evaluators as evaluators_lib
 
 
+PAD_ID = 0  # Padding in every sequence (data.seq2seq.PAD_ID; the models mask ids 0).
+
+
 def shift_right(targets: jax.Array, positions: jax.Array | None, bos_id: int) -> jax.Array:
   """Decoder inputs for teacher forcing: <s> then the targets up to the last but one.
 
@@ -92,7 +95,10 @@ class Seq2SeqTask(common.Task):
     def step_fn(tokens, cache):
       logits, cache = model.apply({**variables, **cache}, None, source, tokens,
                                   decode=True, mutable=['cache'], method='decode')
-      return logits[:, 0], cache
+      # Never emit padding (id 0) or the start token: teacher forcing masks a padding
+      # input out, decoding would attend to it, and neither is ever a training target.
+      never = jnp.array([PAD_ID, self.bos_id])
+      return logits[:, 0].at[:, never].set(decoding.NEG_INF), cache
 
     common_args = dict(max_length=self.max_decode_length, bos_id=self.bos_id, eos_id=self.eos_id)
     if k == 1:

@@ -250,6 +250,23 @@ def _sequence_logprob(model, variables, source, seq, bos=2, eos=1):
   return float(sum(logp[i, t] for i, t in enumerate(seq))), len(seq)
 
 
+@pytest.mark.parametrize('beam_size', [1, 3])
+def test_decoding_never_emits_padding_or_the_start_token(beam_size):
+  from tasks import seq2seq as seq2seq_task  # pylint: disable=import-outside-toplevel
+  model = _tiny(max_length=8)
+  source, target = _data()
+  variables = model.init(jax.random.key(4), source, target)
+  # Padding and <s> the likeliest tokens: what the search would otherwise pick.
+  bias = variables['params']['output_projection']['bias']
+  variables['params']['output_projection']['bias'] = bias.at[0].set(9.0).at[2].set(8.0)
+  task = seq2seq_task.Seq2SeqTask(beam_size=beam_size, max_decode_length=8)
+  out = np.asarray(task.predict(model, variables, {'inputs': source}))
+  assert out.shape == (3, 8)
+  for row in out:  # Padding only after the end token, if any.
+    body = row[:list(row).index(1)] if 1 in row else row
+    assert not np.isin(body, [0, 2]).any(), row
+
+
 def test_beam_one_equals_greedy_and_beams_are_sorted_by_penalised_score():
   model = _tiny(max_length=8)
   source, target = _data()
