@@ -119,9 +119,9 @@ def _summarise(step_metrics: list[dict], first_step: int) -> dict:
   is computed before the step's update, so an overflowing gradient shows first in the
   norms, and the parameters it made NaN must not be saved as the newest checkpoint."""
   for i, m in enumerate(step_metrics):
-    values = {'loss': m['loss'][0] / m['loss'][1], 'gradient norm': m['grad_norm'],
-              'parameter norm': m['param_norm']}
-    for name, value in values.items():
+    # The loss by its sum, which is NaN or Inf whenever its mean is.
+    for name, value in (('loss', m['loss'][0]), ('gradient norm', m['grad_norm']),
+                        ('parameter norm', m['param_norm'])):
       if not np.isfinite(value):
         raise NonFiniteLossError(f'Training {name} is {value} at step {first_step + i}; '
                                  'stopping. The last checkpoint written before it is kept.')
