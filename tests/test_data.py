@@ -253,6 +253,7 @@ def test_each_process_draws_its_own_augmentations(fmnist_dir):
   np.testing.assert_array_equal(first['image'], next(pipeline.train_iterator(c, source))['image'])
   assert not np.array_equal(first['image'], second['image'])
   assert pipeline.process_seed(5, 0) == 5
+  # Distinct per process, and none is process 0's seed + 1 or + 2 (its other streams).
   assert len({pipeline.process_seed(5, i) for i in range(4)} | {6, 7}) == 6
 
 def test_eval_batches_cover_split_exactly_once(fmnist_dir):
