@@ -12,9 +12,6 @@ from nets import decoding
 from tasks import common, evaluators as evaluators_lib
 
 
-PAD_ID = 0  # Padding in every sequence (data.seq2seq.PAD_ID; the models mask ids 0).
-
-
 def shift_right(targets: jax.Array, positions: jax.Array | None, bos_id: int) -> jax.Array:
   """Decoder inputs for teacher forcing: <s> then the targets up to the last but one.
 
@@ -85,6 +82,7 @@ class Seq2SeqTask(common.Task):
   def predict(self, model, variables, batch) -> jax.Array:
     """Decoded token ids [b, max_decode_length] int32 for batch['inputs']: the end
     token included, padding (0) after it; the best beam when beam_size > 1."""
+    from data import seq2seq  # pylint: disable=import-outside-toplevel
     source = batch['inputs']
     b, k = source.shape[0], self.beam_size
     encoded = model.apply(variables, source, method='encode')
@@ -97,7 +95,7 @@ class Seq2SeqTask(common.Task):
                                   decode=True, mutable=['cache'], method='decode')
       # Never emit padding (id 0) or the start token: teacher forcing masks a padding
       # input out, decoding would attend to it, and neither is ever a training target.
-      never = jnp.array([PAD_ID, self.bos_id])
+      never = jnp.array([seq2seq.PAD_ID, self.bos_id])
       return logits[:, 0].at[:, never].set(decoding.NEG_INF), cache
 
     common_args = dict(max_length=self.max_decode_length, bos_id=self.bos_id, eos_id=self.eos_id)

@@ -47,6 +47,9 @@ def test_schedule_errors():
     optim.learning_rate_schedule(_config('cosine'), 5)
 
 
+_NO_DECAY = tuple(common.get_base_config().optim.no_decay_names)  # The default config's.
+
+
 def test_weight_decay_mask():
   params = {'patch_embedding': {'kernel': jnp.zeros((4, 4, 1, 8)), 'bias': jnp.zeros(8)},
             'pos_embedding': jnp.zeros((1, 49, 8)), 'cls_token': jnp.zeros((1, 1, 8)),
@@ -54,9 +57,9 @@ def test_weight_decay_mask():
                                 'mlp': {'Dense_0': {'kernel': jnp.zeros((8, 16))}}}}
   transformer = {'source_positions': jnp.zeros((16, 8)), 'target_positions': jnp.zeros((16, 8)),
                  'source_embed': {'embedding': jnp.zeros((30, 8))}}
-  assert optim.weight_decay_mask(transformer) == {  # Learned positions: position embeddings.
+  assert optim.weight_decay_mask(transformer, _NO_DECAY) == {  # Learned positions too.
       'source_positions': False, 'target_positions': False, 'source_embed': {'embedding': True}}
-  mask = optim.weight_decay_mask(params)
+  mask = optim.weight_decay_mask(params, _NO_DECAY)
   assert mask == {'patch_embedding': {'kernel': True, 'bias': False},
                   'pos_embedding': False, 'cls_token': False,
                   'encoder_block_0': {'ln_mlp': {'scale': False, 'bias': False},

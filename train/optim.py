@@ -65,12 +65,10 @@ def learning_rate_schedule(config, total_steps: int) -> Callable[[int], float]:
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
-NO_DECAY_NAMES = ('pos_embedding', 'cls_token', 'source_positions', 'target_positions')
-
-
-def weight_decay_mask(params, no_decay_names=NO_DECAY_NAMES):
+def weight_decay_mask(params, no_decay_names: tuple[str, ...]):
   """True for parameters that get weight decay: arrays with ndim > 1 (kernels,
-  embeddings), except those whose path contains one of `no_decay_names`. Biases and
+  embeddings), except those whose path contains one of `no_decay_names`
+  (config.optim.no_decay_names, the one list of them). Biases and
   normalisation scales (ndim 1) are never decayed."""
   pattern = re.compile('|'.join(map(re.escape, no_decay_names))) if no_decay_names else None
 
