@@ -144,8 +144,14 @@ def clip_boxes(example: dict, height: int, width: int, min_visible: float = 0.25
 
 def drop_difficult(example: dict) -> dict:
   """The example without the boxes flagged in its optional 'difficult' array (VOC's
-  difficult objects, COCO's crowd boxes), for training: darknet's VOC labels and
-  ultralytics' COCO labels leave them out, and the evaluation ignores them."""
+  difficult objects, COCO's crowd boxes), for training: darknet's VOC labels
+  (scripts/voc_label.py) and ultralytics' COCO labels leave them out, and the
+  evaluation ignores them.
+
+  example: {'boxes': [n, 4] float32, 'classes': [n] int32, optional 'difficult': [n]
+  bool, ...} -> the same keys with the m <= n boxes not flagged (unchanged without
+  'difficult'); other keys as they are.
+  """
   if 'difficult' not in example:
     return example
   return _select(example, ~np.asarray(example['difficult'], bool).reshape(-1))
