@@ -126,6 +126,9 @@ def get_seq2seq_config() -> ml_collections.ConfigDict:
   c = get_base_config()
   c.task = 'seq2seq'
   c.model.name = 'transformer_base'
+  c.model.share_embeddings = 'none'  # 'none', 'decoder' or 'all' (one shared vocabulary).
+  c.model.position_encoding = 'sinusoidal'  # or 'learned'.
+  c.model.pre_ln = False          # True: pre-LN sub-layers (post-LN is the paper's).
   c.model.attention_impl = 'auto'  # 'auto' (cuDNN flash attention on a GPU in bf16/fp16,
                                   # else batched matmuls), 'matmul', 'xla' or 'cudnn'.
   c.data.source = 'cmudict'       # 'cmudict' (G2P, offline) or 'tfds' (wmt14_translate/de-en).

@@ -14,7 +14,7 @@ from configs import resnet18_cifar10
 
 def get_config():
   c = resnet18_cifar10.get_config()
-  del c.model.width, c.model.zero_init_last
+  del c.model.width, c.model.zero_init_last, c.model.stage_sizes, c.model.block
   c.model.name = 'mobilenet_v2'
   c.model.stem = 'cifar'
   c.model.width_multiplier = 1.0

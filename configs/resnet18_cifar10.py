@@ -11,6 +11,8 @@ The last 5,000 training images are the validation split (checkpoint selection); 
 test split is evaluated once, at the end.
 """
 
+import ml_collections
+
 from configs import common
 
 
@@ -22,6 +24,9 @@ def get_config():
   c.model.width = 64
   c.model.zero_init_last = False
   c.model.num_channels = 3
+  c.model.stage_sizes = ml_collections.config_dict.placeholder(tuple)  # Blocks per stage,
+                                  # e.g. '(3, 4, 6, 3)', instead of the name's depth.
+  c.model.block = ''               # With stage_sizes: 'basic' or 'bottleneck'.
   c.num_epochs = 200.0
   c.batch_size = 128
   c.eval_batch_size = 1000

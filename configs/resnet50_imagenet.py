@@ -14,6 +14,8 @@ eval. Label smoothing 0.1 (Szegedy et al. 2016; set 0 for the original recipe);
 bfloat16 compute.
 """
 
+import ml_collections
+
 from configs import common
 
 NUM_TRAIN_EXAMPLES = 1_281_167
@@ -35,6 +37,9 @@ def get_config():
   c.model.width = 64
   c.model.zero_init_last = True
   c.model.num_channels = 3
+  c.model.stage_sizes = ml_collections.config_dict.placeholder(tuple)  # Blocks per stage,
+                                  # e.g. '(3, 4, 6, 3)', instead of the name's depth.
+  c.model.block = ''               # With stage_sizes: 'basic' or 'bottleneck'.
   c.compute_dtype = 'bfloat16'
   c.num_epochs = 90.0
   c.eval_batch_size = 1000

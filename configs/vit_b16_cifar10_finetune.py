@@ -41,6 +41,7 @@ def get_config():
   c.model.num_channels = 3
   c.model.classifier = 'token'
   c.model.dropout_rate = 0.0
+  c.model.approximate_gelu = True  # tanh GELU as the original ViT; False for timm's weights.
   c.model.attention_impl = 'auto'  # 'auto' (cuDNN flash attention on a GPU in bf16/fp16,
                                   # else batched matmuls), 'matmul', 'xla' or 'cudnn'.
   c.augment.random_resized_crop_size = resolution

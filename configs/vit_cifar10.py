@@ -29,6 +29,7 @@ def get_config():
   c.model.conv_stem = ()          # Patchify; (64, 128) with patch_size=1 gives the same 8x8
                                   # tokens through Xiao et al.'s conv stem.
   c.model.dropout_rate = 0.0
+  c.model.approximate_gelu = True  # tanh GELU (the original ViT); False: exact erf.
   c.model.drop_path_rate = 0.1
   c.model.attention_impl = 'auto'  # 'auto' (cuDNN flash attention on a GPU in bf16/fp16,
                                   # else batched matmuls), 'matmul', 'xla' or 'cudnn'.

@@ -36,6 +36,7 @@ def get_config():
   c.model.classifier = 'token'
   c.model.conv_stem = (16, 32, 64)  # 3x3 stride-2 conv + BN + ReLU each; () = patchify.
   c.model.dropout_rate = 0.0
+  c.model.approximate_gelu = True  # tanh GELU (the original ViT); False: exact erf.
   c.model.drop_path_rate = 0.0
   c.model.attention_impl = 'auto'  # 'auto' (cuDNN flash attention on a GPU in bf16/fp16,
                                   # else batched matmuls), 'matmul', 'xla' or 'cudnn'.

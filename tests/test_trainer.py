@@ -14,8 +14,10 @@ import subprocess
 import sys
 import time
 
+from absl import flags
 import grain
 import jax
+from ml_collections import config_flags
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -23,6 +25,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from configs import vit_cifar10
+import nets
 from train import checkpoint as checkpoint_lib
 from train import preemption, restore, trainer
 from train.state import TrainState
@@ -343,6 +346,26 @@ def test_launch_rejects_unknown_field_and_wrong_type(tmp_path):
   result = _launch('--config.batch_size=many', f'--workdir={tmp_path}')
   assert result.returncode != 0 and 'batch_size' in result.stderr
   assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
+
+
+@pytest.mark.parametrize('config_file,overrides', [
+    ('resnet18_fashion_mnist.py', {'stage_sizes': '(1, 2, 1)', 'block': 'bottleneck'}),
+    ('transformer_g2p.py', {'pre_ln': 'True', 'position_encoding': 'learned',
+                            'share_embeddings': 'decoder'}),
+    ('vit_fashion_mnist.py', {'approximate_gelu': 'False'})])
+def test_model_fields_the_readme_names_can_be_set_from_the_command_line(config_file, overrides):
+  # launch.py's flag (a locked config): a field the config file does not list cannot be set.
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', lock_config=True, flag_values=values)
+  values([sys.argv[0], f'--config={os.path.join(ROOT, "configs", config_file)}',
+          *(f'--config.model.{k}={v}' for k, v in overrides.items())])
+  config = values.config
+  data_kwargs = (dict(source_vocab_size=9, target_vocab_size=9) if config.task == 'seq2seq'
+                 else dict(num_classes=10))
+  model = nets.build(config.model.name, **data_kwargs,
+                     **{k: v for k, v in config.model.items() if k != 'name'})
+  for field, text in overrides.items():
+    assert str(getattr(model, field)).replace(' ', '') == text.replace(' ', '')
 
 
 def _free_port():

@@ -117,6 +117,23 @@ def _barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def _copy_one_replica_per_array() -> None:
+  """Has Orbax copy each replicated array to the host from one device, except on TPUs.
+
+  Orbax's default (unless JAX_PLATFORMS names a GPU) splits the device-to-host copy
+  of a replicated array into slices, one per replica ("replica-parallel"), which
+  pays where every device has its own host link. CPU devices share one memory, so
+  there it only multiplies small copies: saving the 462 arrays of a 261 K-parameter
+  YOLOv3 train state replicated over 8 CPU devices took 9.8 s with it and 0.7 s
+  without (tests/test_detection.py's NEON run). Orbax's own emergency checkpointers
+  turn it off the same way. Registering replaces the process-wide jax.Array handler;
+  doing it again is harmless.
+  """
+  if jax.default_backend() != 'tpu':
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 class Checkpointer:
   """Saves and restores train state plus Grain iterator state under `workdir`.
 
@@ -157,6 +174,7 @@ class Checkpointer:
         enable_async_checkpointing=async_save and not read_only, create=not read_only,
         read_only=read_only,
         cleanup_tmp_directories=False)  # Interrupted saves are moved aside, not deleted.
+    _copy_one_replica_per_array()
     # Handlers named up front so that metadata can be read before any restore.
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
