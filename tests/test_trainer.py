@@ -355,10 +355,11 @@ def test_launch_rejects_unknown_field_and_wrong_type(tmp_path):
     ('vit_fashion_mnist.py', {'approximate_gelu': 'False'})])
 def test_model_fields_the_readme_names_can_be_set_from_the_command_line(config_file, overrides):
   # launch.py's flag (a locked config): a field the config file does not list cannot be set.
+  argv = [sys.argv[0], f'--config={os.path.join(ROOT, "configs", config_file)}',
+          *(f'--config.model.{k}={v}' for k, v in overrides.items())]
   values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', lock_config=True, flag_values=values)
-  values([sys.argv[0], f'--config={os.path.join(ROOT, "configs", config_file)}',
-          *(f'--config.model.{k}={v}' for k, v in overrides.items())])
+  config_flags.DEFINE_config_file('config', lock_config=True, flag_values=values, sys_argv=argv)
+  values(argv)
   config = values.config
   data_kwargs = (dict(source_vocab_size=9, target_vocab_size=9) if config.task == 'seq2seq'
                  else dict(num_classes=10))
