@@ -1,9 +1,12 @@
 """Test setup: 8 fake CPU devices and the default XLA flags (set before JAX starts), and
 small shared fixtures."""
 
+import atexit
 import gzip
 import os
+import shutil
 import struct
+import tempfile
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 import jax  # noqa: E402
@@ -11,6 +14,17 @@ import jax  # noqa: E402
 import train  # noqa: E402,F401  (its default XLA flags, before any test computes)
 
 jax.config.update('jax_num_cpu_devices', 8)
+
+# One persistent compilation cache for the session and the launch.py processes the tests
+# start: many tests build the same programs again through new jit objects (a run, then
+# its resume; eval-only runs of a trained workdir; restarts), and XLA's CPU compile is
+# the bulk of this suite's time. Programs are keyed by their HLO and compile options, so
+# a hit is the executable the compile would have produced.
+_CACHE_DIR = tempfile.mkdtemp(prefix='jax_cache_tests_')
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE_DIR
+jax.config.update('jax_compilation_cache_dir', _CACHE_DIR)
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
