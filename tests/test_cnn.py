@@ -69,8 +69,8 @@ def test_bfloat16_compute_keeps_float32_parameters_and_statistics():
   # Jitted: one compile each instead of one per operation, several times faster here.
   variables = jax.jit(model.init)(jax.random.key(0), x)
   assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
-  logits, _ = jax.jit(functools.partial(model.apply, train=True, mutable=['batch_stats']))(
-      variables, x)
+  apply = jax.jit(model.apply, static_argnames=('train', 'mutable'))
+  logits, _ = apply(variables, x, train=True, mutable=('batch_stats',))
   assert logits.dtype == jnp.float32 and np.isfinite(np.asarray(logits)).all()
 
 
