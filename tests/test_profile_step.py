@@ -47,7 +47,10 @@ def test_a_traced_step_is_summed_by_pass_and_layer(tmp_path):
   assert ('forward', 'hidden') in layers and ('backward', 'hidden') in layers, totals
   assert all(us > 0 for us in totals.values())
   table = profile_step.table(totals, top=2, title='pass, layer')
-  assert '| forward hidden |' in table or '| backward hidden |' in table
+  # Which layers rank first depends on this machine's timing, so check the ranking itself.
+  largest = [' '.join(key) for key, _ in totals.most_common(2)]
+  assert [row.split(' | ')[0][2:] for row in table.splitlines()[2:4]] == largest, table
+  assert table.splitlines()[4].startswith(f'| ({len(totals) - 2} more) |'), table
   assert table.splitlines()[-1].startswith('| **total** |')
   total = sum(totals.values())
   with_wall = profile_step.table(totals, top=2, title='pass, layer', wall_us=total + 1000)
