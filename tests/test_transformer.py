@@ -1,6 +1,8 @@
 """The Transformer encoder-decoder: information flow, padding, the decoding cache, and
 its layers against torch.nn with the same weights."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +20,12 @@ def _tiny(**overrides):
   return transformer.Transformer(**{**kwargs, **overrides})
 
 
+def _init(model, seed, *args):
+  """model.init compiled as one program: run eagerly, every operation compiles on its
+  own, which made an init of this tiny model take ~9 s on a 2-core CPU."""
+  return jax.jit(model.init)(jax.random.key(seed), *args)
+
+
 def _data():
   rng = np.random.default_rng(0)
   source = rng.integers(1, 13, (3, 7)).astype(np.int32)
@@ -33,7 +41,7 @@ def test_no_information_from_the_future_and_padding_is_ignored(pre_ln, share, po
   model = _tiny(pre_ln=pre_ln, share_embeddings=share, position_encoding=positions,
                 target_vocab_size=vocab)
   source, target = _data()
-  variables = model.init(jax.random.key(0), source, target)
+  variables = _init(model, 0, source, target)
   apply = jax.jit(model.apply)  # One compile per shape instead of one per operation.
   logits = apply(variables, source, target)
   assert logits.shape == (3, 6, vocab) and logits.dtype == jnp.float32
@@ -59,20 +67,21 @@ def test_packed_rows_equal_separate_sequences(positions):
   emits them) give the logits each gives alone."""
   model = _tiny(position_encoding=positions)
   source, target = _data()
-  variables = model.init(jax.random.key(0), source, target)
+  variables = _init(model, 0, source, target)
   src = [np.array([3, 4, 5], np.int32), np.array([6, 7, 8, 9], np.int32)]
   tgt = [np.array([2, 5, 6, 7], np.int32), np.array([2, 8, 9], np.int32)]
   pack = lambda parts, n: np.concatenate(parts + [np.zeros(n - sum(map(len, parts)), np.int32)])
   segments = lambda parts, n: pack([np.full(len(p), i + 1, np.int32) for i, p in enumerate(parts)], n)
   positions_of = lambda parts, n: pack([np.arange(len(p), dtype=np.int32) for p in parts], n)
-  packed = model.apply(
+  apply = jax.jit(model.apply)
+  packed = apply(
       variables, pack(src, 9)[None], pack(tgt, 8)[None],
       source_segment_ids=segments(src, 9)[None], target_segment_ids=segments(tgt, 8)[None],
       source_position_ids=positions_of(src, 9)[None],
       target_position_ids=positions_of(tgt, 8)[None])[0]
   start = 0
   for s, t in zip(src, tgt):
-    alone = model.apply(variables, s[None], t[None])[0]
+    alone = apply(variables, s[None], t[None])[0]
     np.testing.assert_allclose(packed[start:start + len(t)], alone, atol=1e-5)
     start += len(t)
 
@@ -84,20 +93,18 @@ def test_cached_incremental_decoding_equals_full_decoding():
   beams = 3
   model = _tiny()
   source, target = _data()
-  variables = model.init(jax.random.key(0), source, target)
+  variables = _init(model, 0, source, target)
   rows = jnp.repeat(source, beams, axis=0)
   targets = jnp.asarray(np.random.default_rng(1).integers(1, 11, (3 * beams, 6)), jnp.int32)
-  full = model.apply(variables, rows, targets)
-  encoded = model.apply(variables, source, method=transformer.Transformer.encode)
-  cache = model.init_cache(variables, encoded, source, 12, beam_size=beams)
+  full = jax.jit(model.apply)(variables, rows, targets)
+  step_fn, cache = _decoder(model, variables, source, beams)
   cross = cache['cache']['decoder_layer1']['cross_attention']
   assert cross['cross_key'].shape == (3, 2, 7, 8)  # [sources, heads, source_length, head_dim]
+  step_fn = jax.jit(step_fn)
   steps = []
   for t in range(6):
-    logits, cache = model.apply({**variables, **cache}, None, source, targets[:, t:t + 1],
-                                decode=True, mutable=['cache'],
-                                method=transformer.Transformer.decode)
-    steps.append(logits[:, 0])
+    logits, cache = step_fn(targets[:, t:t + 1], cache)
+    steps.append(logits)
   np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-5)
   kept = cache['cache']['decoder_layer1']['cross_attention']
   np.testing.assert_array_equal(kept['cross_key'], cross['cross_key'])
@@ -214,8 +221,10 @@ def test_encoder_and_decoder_layers_match_torch_post_ln():
 def _decoder(model, variables, source, beam=1):
   """step_fn for `decoding` over `beam` rows per input of `source`, and its cache (as
   tasks.seq2seq decodes)."""
-  encoded = model.apply(variables, source, method=transformer.Transformer.encode)
-  cache = model.init_cache(variables, encoded, source, model.max_length, beam_size=beam)
+  def start(variables, source):
+    encoded = model.apply(variables, source, method=transformer.Transformer.encode)
+    return model.init_cache(variables, encoded, source, model.max_length, beam_size=beam)
+  cache = jax.jit(start)(variables, source)
 
   def step_fn(tokens, cache):
     logits, updates = model.apply({**variables, **cache}, None, source, tokens, decode=True,
@@ -230,7 +239,8 @@ def _uncached_decoder(model, variables, source, beam=1):
   beam -- with no key/value cache. Its state (the prefix [rows, length] and the step)
   is reordered by beam search like a cache."""
   source = jnp.repeat(source, beam, axis=0)
-  encoded = model.apply(variables, source, method=transformer.Transformer.encode)
+  encoded = jax.jit(functools.partial(model.apply, method=transformer.Transformer.encode))(
+      variables, source)
   state = {'prefix': jnp.zeros((source.shape[0], model.max_length), jnp.int32),
            'step': jnp.zeros((), jnp.int32)}
 
@@ -243,12 +253,19 @@ def _uncached_decoder(model, variables, source, beam=1):
   return step_fn, state
 
 
-def _sequence_logprob(model, variables, source, seq, bos=2, eos=1):
-  """log P(seq | source) by teacher forcing, seq up to and including its end token."""
-  seq = list(seq[:list(seq).index(eos) + 1]) if eos in list(seq) else list(seq)
-  target_in = jnp.asarray([[bos] + seq[:-1]], jnp.int32)
-  logp = jax.nn.log_softmax(model.apply(variables, source[None], target_in)[0])
-  return float(sum(logp[i, t] for i, t in enumerate(seq))), len(seq)
+def _sequence_logprobs(model, variables, sources, seqs, bos=2, eos=1):
+  """log P(seq | source) by teacher forcing and the length, of each seq up to and
+  including its end token: sources [n, source_length] and seqs [n, length] int32 ->
+  two lists of n. One batched forward pass: the decoder is causal, so the tokens after
+  a sequence's end change nothing before it."""
+  seqs = np.asarray(seqs)
+  target_in = np.concatenate([np.full((len(seqs), 1), bos, np.int32), seqs[:, :-1]], axis=1)
+  logp = np.asarray(jax.nn.log_softmax(jax.jit(model.apply)(variables, sources, target_in)))
+  out = []
+  for row, seq in zip(logp, seqs):
+    length = list(seq).index(eos) + 1 if eos in list(seq) else len(seq)
+    out.append((float(sum(row[i, seq[i]] for i in range(length))), length))
+  return out
 
 
 @pytest.mark.parametrize('beam_size', [1, 3])
@@ -256,7 +273,7 @@ def test_decoding_never_emits_padding_or_the_start_token(beam_size):
   from tasks import seq2seq as seq2seq_task  # pylint: disable=import-outside-toplevel
   model = _tiny(max_length=8)
   source, target = _data()
-  variables = model.init(jax.random.key(4), source, target)
+  variables = _init(model, 4, source, target)
   # Padding and <s> the likeliest tokens: what the search would otherwise pick.
   bias = variables['params']['output_projection']['bias']
   variables['params']['output_projection']['bias'] = bias.at[0].set(9.0).at[2].set(8.0)
@@ -271,7 +288,7 @@ def test_decoding_never_emits_padding_or_the_start_token(beam_size):
 def test_beam_one_equals_greedy_and_beams_are_sorted_by_penalised_score():
   model = _tiny(max_length=8)
   source, target = _data()
-  variables = model.init(jax.random.key(4), source, target)
+  variables = _init(model, 4, source, target)
   # A bias towards the end token, so hypotheses of several lengths finish.
   bias = variables['params']['output_projection']['bias']
   variables['params']['output_projection']['bias'] = bias.at[1].set(2.6)
@@ -282,8 +299,8 @@ def test_beam_one_equals_greedy_and_beams_are_sorted_by_penalised_score():
   # Without a length penalty (alpha = 0) a beam of one is greedy search; with one, a
   # longer hypothesis may rightly win.
   step_fn, cache = _decoder(model, variables, source, beam=1)
-  seqs, _ = decoding.beam_search(step_fn, cache, batch_size=3, beam_size=1, max_length=8,
-                                 bos_id=2, eos_id=1, alpha=0.0)
+  seqs, _ = jax.jit(lambda c: decoding.beam_search(
+      step_fn, c, batch_size=3, beam_size=1, max_length=8, bos_id=2, eos_id=1, alpha=0.0))(cache)
   np.testing.assert_array_equal(seqs[:, 0], greedy)
 
   step_fn, cache = _decoder(model, variables, source, beam=4)
@@ -291,22 +308,21 @@ def test_beam_one_equals_greedy_and_beams_are_sorted_by_penalised_score():
       step_fn, c, batch_size=3, beam_size=4, max_length=8, bos_id=2, eos_id=1, alpha=0.6))(cache)
   assert seqs.shape == (3, 4, 8) and scores.shape == (3, 4)
   assert (np.diff(np.asarray(scores), axis=1) <= 1e-6).all()
+  # Every beam and the greedy output of each source, scored by teacher forcing.
+  scored = _sequence_logprobs(
+      model, variables, np.concatenate([np.repeat(source, 4, axis=0), source]),
+      np.concatenate([np.asarray(seqs).reshape(12, 8), np.asarray(greedy)]))
+  penalised = lambda logp, length: logp / float(decoding.length_penalty(jnp.asarray(length), 0.6))
   checked = 0
   for i in range(3):
     for j in range(4):  # Each score is the sequence's log-probability / lp(length).
-      seq = np.asarray(seqs[i, j])
-      logp, length = _sequence_logprob(model, variables, source[i], seq)
-      if 1 in seq:
-        expected = logp / float(decoding.length_penalty(jnp.asarray(length), 0.6))
-        assert float(scores[i, j]) == pytest.approx(expected, abs=1e-4)
+      if 1 in np.asarray(seqs[i, j]):
+        assert float(scores[i, j]) == pytest.approx(penalised(*scored[4 * i + j]), abs=1e-4)
         checked += 1
     # The best beam is at least as likely (penalised) as the greedy output.
-    g = np.asarray(greedy[i])
     assert checked > 0
-    if 1 in g:
-      logp, length = _sequence_logprob(model, variables, source[i], g)
-      assert float(scores[i, 0]) >= logp / float(decoding.length_penalty(
-          jnp.asarray(length), 0.6)) - 1e-4
+    if 1 in np.asarray(greedy[i]):
+      assert float(scores[i, 0]) >= penalised(*scored[12 + i]) - 1e-4
 
 
 def _steered(step_fn):
@@ -329,7 +345,7 @@ def test_cached_decoding_gives_the_uncached_reference_outputs(attention_impl):
   the matmul core ('auto' on a CPU) and with jax.nn's fused-attention entry point."""
   model = _tiny(max_length=8, attention_impl=attention_impl)
   source, target = _data()
-  variables = model.init(jax.random.key(5), source, target)
+  variables = _init(model, 5, source, target)
   args = dict(batch_size=3, max_length=8, bos_id=2, eos_id=1)
 
   def search(decoder, beam):
@@ -354,14 +370,15 @@ def test_attention_impls_give_the_same_logits_and_gradients():
   """jax.nn.dot_product_attention ('xla') computes what the matmul core does, with the
   padding and causal masks of training; attention dropout in training is refused."""
   source, target = _data()
-  variables = _tiny().init(jax.random.key(6), source, target)
+  variables = _init(_tiny(), 6, source, target)
 
   def loss(params, impl):
     logits = _tiny(attention_impl=impl).apply({'params': params}, source, target)
     return jnp.sum(logits ** 2), logits
 
-  ref_grad, ref = jax.grad(loss, has_aux=True)(variables['params'], 'matmul')
-  grad, got = jax.grad(loss, has_aux=True)(variables['params'], 'xla')
+  grad_fn = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+  ref_grad, ref = grad_fn(variables['params'], 'matmul')
+  grad, got = grad_fn(variables['params'], 'xla')
   np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grad, ref_grad)
   with pytest.raises(ValueError, match='no attention dropout'):
