@@ -254,10 +254,10 @@ def _uncached_decoder(model, variables, source, beam=1):
 
 
 def _sequence_logprobs(model, variables, sources, seqs, bos=2, eos=1):
-  """log P(seq | source) by teacher forcing and the length, of each seq up to and
-  including its end token: sources [n, source_length] and seqs [n, length] int32 ->
-  two lists of n. One batched forward pass: the decoder is causal, so the tokens after
-  a sequence's end change nothing before it."""
+  """(log P(seq | source) by teacher forcing, length) of each seq up to and including
+  its end token: sources [n, source_length] and seqs [n, length] int32 -> n pairs. One
+  batched forward pass: the decoder is causal, so the tokens after a sequence's end
+  change nothing before it."""
   seqs = np.asarray(seqs)
   target_in = np.concatenate([np.full((len(seqs), 1), bos, np.int32), seqs[:, :-1]], axis=1)
   logp = np.asarray(jax.nn.log_softmax(jax.jit(model.apply)(variables, sources, target_in)))
