@@ -19,8 +19,10 @@ from configs import common
 
 def get_config():
   c = common.get_detection_config()
-  c.model.name = 'yolov3_mobilenet_v2'
-  c.model.width = 0.5
+  # ResNet-18 at a quarter width (16-32-64-128 channels): as accurate per step as the
+  # MobileNetV2 x0.5 backbone here and 1.4x faster on XLA's CPU backend (README).
+  c.model.name = 'yolov3_resnet18'
+  c.model.width = 0.25
   c.model.neck_width = 0.25
   # python -m data.anchors --config=configs/yolov3_fashion_mnist_scenes.py --max_examples=5000
   # (11,808 boxes; mean best IoU 0.808, the scaled YOLOv3 COCO anchors' 0.650):
@@ -31,7 +33,7 @@ def get_config():
   c.nms.method = 'soft_gaussian'  # Best of the four on the validation scenes (README).
   c.batch_size = 32
   c.eval_batch_size = 100
-  c.num_train_steps = 2800
+  c.num_train_steps = 4000
   c.num_epochs = -1.0
   c.learning_rate = 2e-3
   c.warmup_steps = 100
@@ -40,6 +42,6 @@ def get_config():
   c.augment.translate = 0.1
   c.data.num_threads = 1
   c.data.num_eval_scenes = 1000
-  c.eval_every_steps = 1400
-  c.checkpoint_every_steps = 1400
+  c.eval_every_steps = 2000
+  c.checkpoint_every_steps = 2000
   return c
