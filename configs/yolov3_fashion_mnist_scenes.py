@@ -11,7 +11,9 @@ data.min_visible of it has a box around its visible pixels (as VOC and COCO anno
 Training scenes use the items of train[:55000], validation scenes those of
 train[55000:], test scenes those of the test split: evaluation objects are unseen. The
 detector is sized for the 2-core CPU (README: Detection); its anchors come from
-`python -m data.anchors` on the training scenes.
+`python -m data.anchors` on the training scenes. A backbone pretrained as an item
+classifier (`--config.init_from=RUN --config.init_into=backbone`, the ResNet-18 run whose
+command is in the README's Detection results) adds 0.02-0.04 test AP50 for 2 minutes.
 """
 
 from configs import common
