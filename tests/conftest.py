@@ -19,11 +19,20 @@ jax.config.update('jax_num_cpu_devices', 8)
 # start: many tests build the same programs again through new jit objects (a run, then
 # its resume; eval-only runs of a trained workdir; restarts), and XLA's CPU compile is
 # the bulk of this suite's time. Programs are keyed by their HLO and compile options, so
-# a hit is the executable the compile would have produced. Deleted at exit.
-_CACHE_DIR = tempfile.mkdtemp(prefix='jax_cache_tests_')
-atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+# a hit is the executable the compile would have produced. Under pytest-xdist the
+# controller makes the directory before it starts the workers, which inherit its
+# environment and share it; the process that made it deletes it at exit.
+_CACHE_DIR = os.environ.get('TESTS_JAX_CACHE_DIR')
+if _CACHE_DIR is None:
+  _CACHE_DIR = tempfile.mkdtemp(prefix='jax_cache_tests_')
+  atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+  os.environ['TESTS_JAX_CACHE_DIR'] = _CACHE_DIR
 os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE_DIR
 jax.config.update('jax_compilation_cache_dir', _CACHE_DIR)
+# A size limit turns on the cache's file lock, so that two workers (or a test and the
+# launch.py processes it starts) never read an entry another is still writing.
+os.environ['JAX_COMPILATION_CACHE_MAX_SIZE'] = str(8 << 30)
+jax.config.update('jax_compilation_cache_max_size', 8 << 30)
 # Writing an entry costs time too: only programs that took >= 2 s to compile are kept
 # (at 0.5 s, test_transformer.py, which repeats no program, ran 187 s instead of 157 s;
 # the on-device augmentation resume test, three runs of one config, 21 s instead of 51 s).
