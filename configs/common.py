@@ -76,7 +76,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.no_decay_names = ('pos_embedding', 'cls_token', 'source_positions',
                             'target_positions')  # Parameter paths never decayed: position
                                   # embeddings (ViT, the Transformer's learned ones), the
-                                  # class token; all biases and norm scales (1-D) neither.
+                                  # class token; biases and norm scales (any rank) neither.
   c.optim.grad_clip_norm = 1.0    # Global-norm gradient clipping; 0 disables it.
   c.optim.schedule = 'cosine'     # 'cosine', 'linear', 'step', 'rsqrt' or 'constant'.
   c.optim.end_learning_rate_factor = 0.0  # Final lr / peak lr for cosine and linear.

@@ -54,7 +54,9 @@ def test_weight_decay_mask():
   params = {'patch_embedding': {'kernel': jnp.zeros((4, 4, 1, 8)), 'bias': jnp.zeros(8)},
             'pos_embedding': jnp.zeros((1, 49, 8)), 'cls_token': jnp.zeros((1, 1, 8)),
             'encoder_block_0': {'ln_mlp': {'scale': jnp.ones(8), 'bias': jnp.zeros(8)},
-                                'mlp': {'Dense_0': {'kernel': jnp.zeros((8, 16))}}}}
+                                'mlp': {'Dense_0': {'kernel': jnp.zeros((8, 16))}},
+                                'attention': {'query': {'kernel': jnp.zeros((8, 2, 4)),
+                                                        'bias': jnp.zeros((2, 4))}}}}
   transformer = {'source_positions': jnp.zeros((16, 8)), 'target_positions': jnp.zeros((16, 8)),
                  'source_embed': {'embedding': jnp.zeros((30, 8))}}
   assert optim.weight_decay_mask(transformer, _NO_DECAY) == {  # Learned positions too.
@@ -63,7 +65,8 @@ def test_weight_decay_mask():
   assert mask == {'patch_embedding': {'kernel': True, 'bias': False},
                   'pos_embedding': False, 'cls_token': False,
                   'encoder_block_0': {'ln_mlp': {'scale': False, 'bias': False},
-                                      'mlp': {'Dense_0': {'kernel': True}}}}
+                                      'mlp': {'Dense_0': {'kernel': True}},
+                                      'attention': {'query': {'kernel': True, 'bias': False}}}}
 
 
 def test_decoupled_weight_decay_only_on_masked_params():

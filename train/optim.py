@@ -68,13 +68,15 @@ def learning_rate_schedule(config, total_steps: int) -> Callable[[int], float]:
 def weight_decay_mask(params, no_decay_names: tuple[str, ...]):
   """True for parameters that get weight decay: arrays with ndim > 1 (kernels,
   embeddings), except those whose path contains one of `no_decay_names`
-  (config.optim.no_decay_names, the one list of them). Biases and
-  normalisation scales (ndim 1) are never decayed."""
+  (config.optim.no_decay_names, the one list of them). Biases and normalisation
+  scales are never decayed, whatever their rank: the attention projections'
+  biases are [heads, head_dim] (`nn.DenseGeneral`)."""
   pattern = re.compile('|'.join(map(re.escape, no_decay_names))) if no_decay_names else None
 
   def decays(path, x):
-    name = '/'.join(str(getattr(k, 'key', k)) for k in path)
-    return x.ndim > 1 and not (pattern and pattern.search(name))
+    keys = [str(getattr(k, 'key', k)) for k in path]
+    return (x.ndim > 1 and keys[-1] not in ('bias', 'scale')
+            and not (pattern and pattern.search('/'.join(keys))))
 
   return jax.tree_util.tree_map_with_path(decays, params)
 
