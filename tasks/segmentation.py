@@ -54,7 +54,11 @@ class SegmentationTask(common.Task):
 
   def apply(self, model, variables, batch, *, train: bool, rngs=None, mutable=False, level=None):
     """Head logits stacked: [heads, b, h, w, num_classes] float32 (and the updated
-    collections when `mutable` is a non-empty list)."""
+    collections when `mutable` is a non-empty list). Training runs the whole network;
+    evaluation runs the task's `level` unless `level` says otherwise, so the eval loss and
+    accuracy describe the network that `predict` (and the mIoU) uses."""
+    if level is None and not train:
+      level = self.level
     kwargs = {'level': level} if level else {}
     out = model.apply(variables, batch['image'], train=train, rngs=rngs, mutable=mutable,
                       **kwargs)
@@ -94,7 +98,7 @@ class SegmentationTask(common.Task):
 
   def predict(self, model, variables, batch) -> jax.Array:
     """Predicted class per pixel [b, h, w] int32 (pruned to `level` when > 0)."""
-    logits = self.apply(model, variables, batch, train=False, level=self.level)
+    logits = self.apply(model, variables, batch, train=False)
     return jnp.argmax(self.combine(logits), axis=-1).astype(jnp.int32)
 
 

@@ -16,8 +16,9 @@ from PIL import Image
 
 from configs import unetpp_fashion_mnist_scenes, unetpp_oxford_pets
 from data import pipeline
+from nets import unet
 from tasks import confusion, dense_losses, segmentation
-from train import parallel, restore, trainer
+from train import parallel, restore, step, trainer
 from train.state import TrainState
 
 
@@ -29,6 +30,32 @@ def test_deep_supervision_loss_is_the_mean_of_the_heads_losses():
   per_head = [dense_losses.cross_entropy(h, labels, task.valid(batch)) for h in logits]
   np.testing.assert_allclose(task.loss(logits, batch), np.mean(per_head, axis=0), rtol=1e-6)
   assert task.valid(batch)[0, 0, 0] == 0 and task.valid(batch).sum() == 49
+
+
+def test_eval_metrics_describe_the_pruned_network_that_predict_runs():
+  # With inference.level = 1, the eval loss and accuracy come from L^1's one head (the
+  # network whose classes predict() and the mIoU use); training runs both heads.
+  model = unet.UNetPlusPlus(num_classes=3, filters=(4, 8, 16), depth=2)
+  images = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+  labels = jax.random.randint(jax.random.key(1), (2, 8, 8), 0, 3)
+  batch = {'image': images, 'label': labels}
+  variables = model.init(jax.random.key(2), images, train=False)
+  task = segmentation.SegmentationTask(num_classes=3, loss_fn=dense_losses.cross_entropy,
+                                       level=1)
+  full = model.apply(variables, images, train=False)
+  pruned = task.apply(model, variables, batch, train=False)
+  assert pruned.shape[0] == 1 and len(full) == 2
+  np.testing.assert_array_equal(pruned[0], full[0])
+  trained, _ = task.apply(model, variables, batch, train=True, mutable=['batch_stats'])
+  assert trained.shape[0] == 2
+  metrics = step.eval_step(types.SimpleNamespace(variables=variables), batch, model=model,
+                           task=task)
+  correct, count = metrics['accuracy']
+  assert float(correct / count) == pytest.approx(
+      float((task.predict(model, variables, batch) == labels).mean()))
+  loss, images_counted = metrics['loss']
+  np.testing.assert_allclose(loss / images_counted, dense_losses.cross_entropy(
+      full[0], labels, jnp.ones(labels.shape)).mean(), rtol=1e-6)
 
 
 class _EvalData:
