@@ -51,11 +51,13 @@ def letterboxed(example: dict, size: int) -> tuple[dict, dict]:
 
 
 def checked_example(source, index: int, num_classes: int, split: str, size: int) -> dict:
-  """source[index], its boxes checked (ValueError naming the split and index), and
-  letterboxed to size x size."""
+  """source[index], its boxes checked (ValueError naming the split and index), letterboxed
+  to size x size, without its difficult (VOC) or crowd (COCO) boxes: the training targets
+  and the eval loss leave them out, and the AP evaluator, which reads them from the source
+  (`DetectionData.ground_truth`), ignores them."""
   example = source[index]
   box_augment.check_boxes(example, num_classes, f'split {split!r} example {index}')
-  return letterboxed(example, size)[0]
+  return box_augment.drop_difficult(letterboxed(example, size)[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +79,7 @@ class TrainAugment(grain.transforms.RandomMap):
   jitter: tuple  # (brightness, contrast, saturation)
 
   def _example(self, index: int) -> dict:
-    return box_augment.drop_difficult(
-        checked_example(self.source, index, self.num_classes, self.split, self.image_size))
+    return checked_example(self.source, index, self.num_classes, self.split, self.image_size)
 
   def random_map(self, index: int, rng: np.random.Generator) -> dict:
     size, dropped = self.image_size, 0

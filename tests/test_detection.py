@@ -160,6 +160,10 @@ def test_coco_config_reads_batches(tmp_path):
     eval_batch = next(data.eval_batches('test'))  # The 'validation' split: val2017.
   assert len(data.class_names) == 80 and batch['image'].shape == (8, 64, 64, 3)
   assert eval_batch['mask'].sum() == 4
+  # Crowd boxes are no targets of the eval loss, as in training; the evaluator keeps them.
+  not_crowd = [min((~r['objects']['is_crowd'].astype(bool)).sum(), config.data.max_boxes)
+               for r in records]
+  np.testing.assert_array_equal(eval_batch['box_mask'][:4].sum(-1), not_crowd)
   truth, to_original = data.ground_truth('test', 1)
   np.testing.assert_array_equal(truth['difficult'], records[1]['objects']['is_crowd'])
   # Letterbox: 48 x 40 -> 64 x 53 (+ 5 / 6 rows of padding); the inverse maps back.
