@@ -90,7 +90,8 @@ class EncoderLayer(LayerFields):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, *, deterministic: bool) -> jax.Array:
-    """x: [batch, source_length, d_model]; mask: bool [batch, 1, 1, source_length]."""
+    """x: [batch, source_length, d_model]; mask: bool [batch, 1, source_length,
+    source_length] (a query row per position: packed rows attend within their sequence)."""
     sub = lambda name: SubLayer(self.pre_ln, self.dropout_rate, self.epsilon, self.dtype, name=name)
     attention = layers.MultiHeadAttention(self.num_heads, self.attention_dropout_rate,
                                           self.attention_impl, dtype=self.dtype,
@@ -111,12 +112,12 @@ class DecoderLayer(LayerFields):
                cross_mask: jax.Array, *, deterministic: bool, decode: bool = False) -> jax.Array:
     """x: [batch, target_length, d_model]; encoded: [batch, source_length, d_model];
     self_mask: bool [batch, 1, target_length, target_length];
-    cross_mask: bool [batch, 1, 1, source_length].
+    cross_mask: bool [batch, 1, target_length, source_length].
 
     decode=True: self_mask is None; the cross-attention reads the keys and values its
     first call projected and cached (MultiHeadAttention), so later calls may pass
     encoded=None, and x may have a multiple of the source rows (beams; cross_mask
-    then has the source rows)."""
+    is then [sources, 1, 1, source_length])."""
     sub = lambda name: SubLayer(self.pre_ln, self.dropout_rate, self.epsilon, self.dtype, name=name)
     attn = lambda name: layers.MultiHeadAttention(self.num_heads, self.attention_dropout_rate,
                                                   self.attention_impl, dtype=self.dtype,
