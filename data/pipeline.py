@@ -37,13 +37,13 @@ def eval_splits(config) -> dict[str, str]:
   the validation split is evaluated periodically and selects the checkpoint that is
   evaluated once on the test split at the end (train.trainer).
 
-  Raises ValueError when an eval split is the training split or a slice of it while
-  training uses all of it."""
+  Raises ValueError when an eval split shares examples with the training split (as far
+  as `sources.splits_overlap` can tell from the split names)."""
   splits = {'validation': config.data.validation_split} if config.data.validation_split else {}
   splits = dict(splits, test=config.data.test_split)
   train = config.data.train_split
-  for role, split in splits.items():  # Catches the whole split trained on and held out.
-    if split == train or (sources.split_slice(split, 0)[0] == train and '[' in split):
+  for role, split in splits.items():
+    if sources.splits_overlap(split, train):
       raise ValueError(f'config.data.{role}_split={split!r} overlaps config.data.train_split='
                        f"{train!r}; hold it out of training, e.g. train_split='train[:90%]' "
                        "with validation_split='train[90%:]'")

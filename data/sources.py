@@ -94,6 +94,32 @@ def split_slice(split: str, num_examples: int) -> tuple[str, slice]:
   return match.group(1), slice(bound(match.group(2)), bound(match.group(3)))
 
 
+def splits_overlap(a: str, b: str) -> bool:
+  """Whether splits `a` and `b` certainly share examples, decided without the dataset's
+  size: equal splits do; splits of different base splits do not; a whole split overlaps
+  each slice of it; two slices do when their bounds are in one unit (example counts, or
+  percentages) and not negative, and their ranges intersect ('train[:56000]' and
+  'train[55000:]'). Pairs it cannot decide that way (mixed units, negative bounds,
+  syntax other than `split_slice`'s, such as 'voc/2007:test') count as disjoint."""
+  if a.replace(' ', '') == b.replace(' ', ''):
+    return True
+  matches = [_SLICE.match(split.replace(' ', '')) for split in (a, b)]
+  if not all(matches) or matches[0].group(1) != matches[1].group(1):
+    return False
+  (_, *bounds_a), (_, *bounds_b) = (m.groups() for m in matches)
+  if bounds_a == [None, None] or bounds_b == [None, None]:
+    return True
+  texts = [t for t in bounds_a + bounds_b if t]
+  percent = {t.endswith('%') for t in texts}
+  if len(percent) > 1 or any(t.startswith('-') for t in texts):
+    return False
+  end = 100 if percent == {True} else float('inf')
+  value = lambda text, default: int(text.rstrip('%')) if text else default
+  start_a, stop_a = value(bounds_a[0], 0), value(bounds_a[1], end)
+  start_b, stop_b = value(bounds_b[0], 0), value(bounds_b[1], end)
+  return max(start_a, start_b) < min(stop_a, stop_b)
+
+
 def build(config, split: str):
   """Returns the source for `split` of `config.data`: a split name of the dataset
   ('train', 'test', 'validation') or a slice of one ('train[:90%]', 'train[45000:]').

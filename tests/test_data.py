@@ -289,6 +289,15 @@ def test_local_split_slices_hold_out_part_of_train(fmnist_dir):
   with pytest.raises(ValueError, match=r"validation_split='train\[48:\]' overlaps "
                      r"config.data.train_split='train'"):
     pipeline.eval_splits(c)
+  for train, held_out in (('train[:55000]', 'train'), ('train[:56000]', 'train[55000:]'),
+                          ('train[:91%]', 'train[90%:]'), ('train[10:20]', 'train[15:16]')):
+    c.data.train_split, c.data.validation_split = train, held_out
+    with pytest.raises(ValueError, match=r'overlaps config.data.train_split'):
+      pipeline.eval_splits(c)
+  for train, held_out in (('train[:55000]', 'train[55000:]'), ('train[:90%]', 'train[90%:]'),
+                          ('train', 'test'), ('train[:-16]', 'train[-16:]')):
+    c.data.train_split, c.data.validation_split = train, held_out
+    assert pipeline.eval_splits(c)['validation'] == held_out
 
 
 def test_tfds_source_under_mock_data():
