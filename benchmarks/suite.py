@@ -65,9 +65,10 @@ def define_flags() -> None:
                     'measurement).')
 
 
-# Dense bf16 peak TFLOP/s per device, by a substring of jax's device_kind (first match).
-PEAK_TFLOPS = (('H100 PCIe', 756.0), ('H100', 989.4), ('H200', 989.4), ('GH200', 989.4),
-               ('A100', 312.0), ('L40S', 362.1), ('L4', 121.0))
+# Dense bf16 peak TFLOP/s per device, by a substring of jax's device_kind (first match, so
+# a name that contains another comes before it: 'H100 NVL' before 'H100', 'L40' before 'L4').
+PEAK_TFLOPS = (('H100 PCIe', 756.0), ('H100 NVL', 835.0), ('H100', 989.4), ('H200', 989.4),
+               ('A100', 312.0), ('L40S', 362.1), ('L40', 181.0), ('L4', 121.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,14 +284,20 @@ def run_workload(name: str, smoke: bool, steps: int, peak: Optional[float],
   try:
     import torch  # pylint: disable=import-outside-toplevel
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    # Lets cuDNN time its convolution algorithms in the untimed first steps, as the PyTorch
+    # recipes do (torch_cnn.py too).
+    torch.backends.cudnn.benchmark = device.type == 'cuda'
     spec, _ = tasks.get(config.task).bench_inputs(config, image_size, 1, np.random.default_rng(0))
     model = task_common.build_model(config, **spec.model_kwargs)
     twins = w.torch_builders(model, config, device, image_size, torch_compile)
   except ImportError as e:
     return rows + [row('PyTorch', None, None, note=f'skipped: {e}')]
+  # Said in the row, never silent: a torch without CUDA next to JAX on a GPU.
+  torch_note = ('PyTorch on the CPU (no CUDA in this torch)'
+                if device.type == 'cpu' and jax.default_backend() != 'cpu' else '')
   for impl, build in twins:
     timing = torch_row(build(), steps, warmup, device)
-    rows.append(row(impl, timing['compile_s'], timing['step_s']))
+    rows.append(row(impl, timing['compile_s'], timing['step_s'], note=torch_note))
     if device.type == 'cuda':
       torch.cuda.empty_cache()
   return rows

@@ -8,10 +8,9 @@ convolutions with BatchNorm and ReLU), a PxP stride-P convolutional patch embedd
 class token, learned position embeddings, pre-LN encoder layers
 (torch.nn.TransformerEncoderLayer with norm_first=True, GELU), final LayerNorm and a
 linear head; AdamW with global-norm clipping; one train step = forward, cross
-entropy, backward, clip, update.
+entropy, backward, clip, update. On a CUDA machine it runs on the GPU (`--device`), under
+bfloat16 autocast when the config computes in bfloat16, as benchmarks.torch_cnn does.
 """
-
-import json
 
 import torch
 from absl import app, flags
@@ -22,6 +21,8 @@ from benchmarks import torch_timing
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
 _STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps (after warm-up steps).')
+_DEVICE = flags.DEFINE_string('device', 'cuda' if torch.cuda.is_available() else 'cpu',
+                              'torch device.')
 flags.mark_flags_as_required(['config'])
 
 
@@ -57,24 +58,24 @@ def main(argv):
   del argv
   c = _CONFIG.value
   m = c.model
+  device = torch.device(_DEVICE.value)
   model = TorchViT(m.image_size, m.patch_size, m.num_channels, m.hidden_size, m.num_layers,
-                   m.mlp_dim, m.num_heads, 10, tuple(m.get('conv_stem', ())))
+                   m.mlp_dim, m.num_heads, 10, tuple(m.get('conv_stem', ()))).to(device)
   opt = torch.optim.AdamW(model.parameters(), lr=c.learning_rate, weight_decay=0.05)
-  x = torch.randn(c.batch_size, m.num_channels, m.image_size, m.image_size)
-  y = torch.randint(0, 10, (c.batch_size,))
+  x = torch.randn(c.batch_size, m.num_channels, m.image_size, m.image_size, device=device)
+  y = torch.randint(0, 10, (c.batch_size,), device=device)
+  bf16 = c.compute_dtype == 'bfloat16' and device.type == 'cuda'
 
   def step():
     opt.zero_grad(set_to_none=True)
-    loss = nn.functional.cross_entropy(model(x), y)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+      loss = nn.functional.cross_entropy(model(x), y)
     loss.backward()
     nn.utils.clip_grad_norm_(model.parameters(), c.optim.grad_clip_norm)
     opt.step()
 
-  step_s = torch_timing.seconds_per_step(step, _STEPS.value, 3, x.device)
-  print(json.dumps({'framework': f'torch {torch.__version__}', 'threads': torch.get_num_threads(),
-                    'params': sum(p.numel() for p in model.parameters()),
-                    'batch_size': c.batch_size, 'step_ms': round(step_s * 1e3, 2),
-                    'examples_per_s': round(c.batch_size / step_s, 1)}))
+  step_s = torch_timing.seconds_per_step(step, _STEPS.value, 3, device)
+  print(torch_timing.result_line(step_s, c.batch_size, 'vit', model, device, bf16))
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
+from absl import logging
 import jax.numpy as jnp
 
 Dtype = Any
@@ -201,11 +202,15 @@ class MultiHeadAttention(nn.Module):
         deterministic=deterministic, implementation=impl)
     try:
       out = attend(impl)
-    except (ValueError, NotImplementedError):
+    except (ValueError, NotImplementedError) as e:
       # jax.nn raises these at trace time for shapes/masks cuDNN does not support (e.g. a
-      # decoding step); 'auto' then computes the same attention with the matmul core.
+      # decoding step; under jax.grad, JAX 0.10's cuDNN backward an odd length such as
+      # ViT-B/16's 197 tokens); 'auto' then computes the same attention with the matmul
+      # core, and says so once per trace.
       if self.attention_impl != 'auto' or impl == 'matmul':
         raise
+      logging.warning('attention_impl=auto: cuDNN refused query %s, key %s (%s); '
+                      'using the matmul core.', query.shape, key.shape, e)
       out = attend('matmul')
     out = out.reshape((batch, q_length) + out.shape[2:])
     return nn.DenseGeneral(features, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,

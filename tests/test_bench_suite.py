@@ -10,6 +10,9 @@ def test_peak_flops_by_device_name_and_override():
   assert suite.peak_flops('NVIDIA H100 80GB HBM3') == pytest.approx(989.4e12)
   assert suite.peak_flops('NVIDIA H100 PCIe') == pytest.approx(756e12)
   assert suite.peak_flops('NVIDIA H200') == pytest.approx(989.4e12)
+  assert suite.peak_flops('NVIDIA H100 NVL') == pytest.approx(835e12)  # Not 'H100'.
+  assert suite.peak_flops('NVIDIA L40') == pytest.approx(181e12)  # Not 'L4'.
+  assert suite.peak_flops('NVIDIA L4') == pytest.approx(121e12)
   assert suite.peak_flops('cpu') is None
   assert suite.peak_flops('cpu', override_tflops=2.0) == pytest.approx(2e12)
 

@@ -244,3 +244,13 @@ def test_pmap_run_exports_the_same_variables(run, exported):
                export.host_variables(predictor))
   assert jax.tree.leaves(export.host_variables(pmap_predictor))[0].shape == jax.tree.leaves(
       predictor.state.variables)[0].shape
+
+
+def test_exports_compute_attention_with_the_portable_core():
+  from configs import resnet18_fashion_mnist, vit_fashion_mnist  # pylint: disable=import-outside-toplevel
+  config = vit_fashion_mnist.get_config()
+  config.model.attention_impl = 'cudnn'  # No CPU lowering, not serialisable: never exported.
+  assert export.portable_config(config).model.attention_impl == 'matmul'
+  assert config.model.attention_impl == 'cudnn'  # The caller's config is left as it was.
+  convolutional = resnet18_fashion_mnist.get_config()
+  assert export.portable_config(convolutional) is convolutional

@@ -219,6 +219,17 @@ def export_run(predictor, directory: str, *, checkpoint='last', platforms=None) 
   return signature
 
 
+def portable_config(config):
+  """`config` with attention computed by the matmul core where it names 'auto' or 'cudnn'
+  (model.attention_impl): cuDNN's fused attention is a custom call that jax.export does not
+  serialise (no compatibility guarantee) and that has no CPU lowering. Same values: the
+  cores compute the same attention (nets.layers). Other configs are returned unchanged."""
+  if config.model.get('attention_impl') in ('auto', 'cudnn'):
+    config = config.copy_and_resolve_references()
+    config.model.attention_impl = 'matmul'
+  return config
+
+
 def _define_flags() -> None:
   """The command's flags; defined only when run as a script (importing this module next
   to train.predict or launch.py, which define --config too, must not clash)."""
@@ -239,8 +250,8 @@ def main(argv):
   reporting.quiet_library_logs()
   values = flags.FLAGS
   name = os.path.splitext(os.path.basename(values['config'].config_filename))[0]
-  predictor = Predictor(values.config, values.workdir or os.path.join('runs', name),
-                        values.checkpoint)
+  predictor = Predictor(portable_config(values.config),
+                        values.workdir or os.path.join('runs', name), values.checkpoint)
   signature = export_run(predictor, values.out, checkpoint=values.checkpoint,
                          platforms=values.platforms or None)
   print(f'Exported {signature["model"]} ({signature["task"]}, step {signature["step"]}) to '
