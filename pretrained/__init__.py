@@ -132,12 +132,24 @@ def _variables_item(directory: str):
   return os.path.abspath(os.path.join(directory, VARIABLES_DIR)), lambda tree: tree
 
 
+def _saved_tree(checkpointer, path: str):
+  """The metadata tree (shapes, dtypes) of the Orbax item at `path`."""
+  metadata = checkpointer.metadata(path)
+  saved = getattr(metadata, 'item_metadata', metadata)
+  return getattr(saved, 'tree', saved)
+
+
 def load(directory: str) -> tuple[dict, dict]:
-  """(variables as nested dicts of arrays, info) of a converted directory or a run."""
+  """(variables as nested dicts of numpy arrays, info) of a converted directory or a run.
+
+  The arrays are restored on the host: a run's checkpoint records the devices it was
+  saved from (8 GPUs, say), which the process loading it need not have."""
   info = read_info(directory)
   path, select = _variables_item(directory)
   checkpointer = ocp.StandardCheckpointer()
-  variables = select(checkpointer.restore(path))
+  host = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype),
+                      dict(_saved_tree(checkpointer, path)))
+  variables = select(checkpointer.restore(path, host))
   checkpointer.close()
   return variables, info
 
@@ -201,10 +213,8 @@ def check_shapes(config, abstract_variables: dict) -> None:
     return
   path, select = _variables_item(config.init_from)
   checkpointer = ocp.StandardCheckpointer()
-  metadata = checkpointer.metadata(path)
+  saved = select(_saved_tree(checkpointer, path))
   checkpointer.close()
-  saved = getattr(metadata, 'item_metadata', metadata)
-  saved = select(getattr(saved, 'tree', saved))
   target, placed, _ = _target(mapping.flatten(abstract_variables), mapping.flatten(saved),
                               _split_into(config.get('init_into', '')), config.init_from)
   _problems(target, placed, config.init_from)

@@ -4,6 +4,8 @@ under tfds mock data and on a tiny Fashion-MNIST."""
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +21,8 @@ from nets import vit
 from pretrained import convert, mapping
 from data import pipeline
 from train import parallel, trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY_VIT = dict(hidden_size=24, num_layers=1, mlp_dim=48, num_heads=2, patch_size=4,
                 num_channels=3)
@@ -207,3 +211,30 @@ def test_a_classifier_run_initialises_a_unetpp_encoder_through_init_into(tmp_pat
     json.dump({'model': {'name': 'resnet18'}}, f)
   with pytest.raises(FileNotFoundError, match='has no checkpoint yet'):
     trainer.validate(config, 1)
+
+
+def test_a_run_saved_from_eight_devices_loads_in_a_process_with_one(tmp_path):
+  """A run trained on 8 devices as init_from of a run on 1 (its checkpoint records the 8)."""
+  source = str(tmp_path / 'run')
+  os.makedirs(os.path.join(source, 'checkpoints'))
+  with open(os.path.join(source, 'config.json'), 'w', encoding='utf-8') as f:
+    json.dump({'model': {'name': 'resnet18'}}, f)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  kernel = np.arange(6, dtype=np.float32).reshape(2, 3)
+  state = {'params': {'dense': {'kernel': kernel}},
+           'model_state': {'batch_stats': {'bn': {'mean': np.ones(3, np.float32)}}},
+           'step': np.int32(3)}
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(source, 'checkpoints', '3', 'state'),
+                    jax.device_put(state, replicated))
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  code = ('import sys, jax, pretrained; v, _ = pretrained.load(sys.argv[1]); '
+          'print(len(jax.devices()), v["params"]["dense"]["kernel"].tolist(), '
+          'v["batch_stats"]["bn"]["mean"].tolist())')
+  out = subprocess.run([sys.executable, '-c', code, source], cwd=ROOT, capture_output=True,
+                       text=True, env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': ''},
+                       check=False)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split('\n')[-2] == f'1 {kernel.tolist()} [1.0, 1.0, 1.0]'
