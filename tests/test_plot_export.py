@@ -254,3 +254,15 @@ def test_exports_compute_attention_with_the_portable_core():
   assert config.model.attention_impl == 'cudnn'  # The caller's config is left as it was.
   convolutional = resnet18_fashion_mnist.get_config()
   assert export.portable_config(convolutional) is convolutional
+
+
+def test_a_predictor_warns_of_fields_the_run_trained_otherwise(run, caplog):
+  # data.mean restores without a shape error but changes every input: said in the log.
+  config, workdir = run
+  changed = config.copy_and_resolve_references()
+  changed.data.mean = (0.5,)
+  restore.Predictor(changed, workdir)
+  assert 'data.mean: [0.286] -> [0.5]' in caplog.text
+  caplog.clear()
+  restore.Predictor(config, workdir)
+  assert 'differs from the run' not in caplog.text

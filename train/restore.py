@@ -15,7 +15,7 @@ from absl import logging
 
 import tasks
 from train import checkpoint as checkpoint_lib
-from train import parallel, trainer
+from train import parallel, run_config, trainer
 
 CHECKPOINT_CHOICES = "'last', 'best' or a step number"
 
@@ -50,6 +50,7 @@ class Predictor:
     if average_last != 1 and checkpoint != 'last':
       raise ValueError('average_last > 1 averages the newest checkpoints; use it only with '
                        f"checkpoint='last', not {checkpoint!r}")
+    _warn_of_model_changes(workdir, config)
     self.config = config
     self.engine = engine = parallel.build(config.parallel)
     trainer.validate(config, engine.num_devices)
@@ -149,3 +150,19 @@ def evaluate_checkpoint(config, workdir: str, checkpoint='last', role: str = 'te
     logging.info('Step %d on %s (%s): %s; written to %s', predictor.step, role,
                  result['split'], json.dumps(metrics), path)
   return result
+
+
+def _warn_of_model_changes(workdir: str, config) -> None:
+  """Logs the model fields and normalisation in which `config` differs from the run's
+  own <workdir>/config.json. The checkpoint check catches fields that change shapes;
+  these (e.g. model.approximate_gelu, data.mean) restore without error but compute
+  something else than the run trained, e.g. when the training command's overrides are
+  not repeated."""
+  changes = {field: values for field, values in
+             run_config.diff(run_config.load(workdir), config).items()
+             if field.startswith('model.') or field in ('data.mean', 'data.std')}
+  if changes:
+    logging.warning('The config differs from the run\'s %s in: %s. Pass the training '
+                    'command\'s overrides again unless the change is meant (an '
+                    'implementation choice such as model.attention_impl).',
+                    os.path.join(workdir, 'config.json'), run_config.describe(changes))
