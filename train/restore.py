@@ -157,12 +157,13 @@ def _warn_of_model_changes(workdir: str, config) -> None:
   own <workdir>/config.json. The checkpoint check catches fields that change shapes;
   these (e.g. model.approximate_gelu, data.mean) restore without error but compute
   something else than the run trained, e.g. when the training command's overrides are
-  not repeated."""
+  not repeated. Implementation choices (model.*_impl: attention and depthwise cores)
+  compute the same values and are left out."""
   changes = {field: values for field, values in
              run_config.diff(run_config.load(workdir), config).items()
-             if field.startswith('model.') or field in ('data.mean', 'data.std')}
+             if (field.startswith('model.') and not field.endswith('_impl'))
+             or field in ('data.mean', 'data.std')}
   if changes:
     logging.warning('The config differs from the run\'s %s in: %s. Pass the training '
-                    'command\'s overrides again unless the change is meant (an '
-                    'implementation choice such as model.attention_impl).',
+                    'command\'s overrides again unless the change is meant.',
                     os.path.join(workdir, 'config.json'), run_config.describe(changes))
