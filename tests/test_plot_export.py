@@ -268,3 +268,13 @@ def test_a_predictor_warns_of_fields_the_run_trained_otherwise(run, caplog):
   changed.model.attention_impl = 'xla'  # The same attention: not a difference.
   restore.Predictor(changed, workdir)
   assert 'differs from the run' not in caplog.text
+
+
+def test_timed_eval_of_a_classifier_reports_its_accuracy(run):
+  # Classification has no evaluators: `predict --eval` times its eval step instead.
+  config, workdir = run
+  result = restore.Predictor(config, workdir).timed_eval('test')
+  with open(os.path.join(workdir, 'final_metrics.json')) as f:
+    tested = json.load(f)['test']
+  assert result['examples'] == 36 and result['examples_per_s'] > 0
+  assert result['top1'] == pytest.approx(tested['top1'])

@@ -114,15 +114,20 @@ class Predictor:
                             self.evaluators)
 
   def timed_eval(self, role: str = 'test') -> dict:
-    """The evaluators' metrics on eval set `role`, the number of examples, seconds and
+    """The evaluators' metrics on eval set `role` (the eval step's for a task without
+    evaluators, e.g. top-1 for classification), the number of examples, seconds and
     examples per second (after a first, compiling batch). Raises ValueError when the
     config has no such eval set."""
     self.check_role(role)
     first = next(iter(self.data.eval_batches(role, jax.process_index(), jax.process_count())))
+    eval_step = None if self.evaluators else self.eval_step
     for evaluator in self.evaluators:  # Compiles.
       evaluator.update(self.state, self.engine.put_batch(first), first)
+    if eval_step is not None:
+      jax.block_until_ready(eval_step(self.state, self.engine.put_batch(first)))
     start = time.perf_counter()
-    result = trainer.evaluate(self.state, self.engine, self.data, role, None, self.evaluators)
+    result = trainer.evaluate(self.state, self.engine, self.data, role, eval_step,
+                              self.evaluators)
     seconds = time.perf_counter() - start
     n = int(result['num_examples'])
     return {**result, 'examples': n, 'seconds': round(seconds, 2),
