@@ -54,6 +54,14 @@ REINITIALISED = ('head',)
 ADAPTED_FIELDS = ('num_classes', 'image_size')
 
 
+def _fixed_by_weights(field: str) -> bool:
+  """Whether a model field is part of what trained weights compute: not the ones merge
+  adapts, training-time regularisation (dropout, stochastic depth), initialisation only
+  (zero_init_last) or an implementation choice (*_impl: the same values)."""
+  return not (field in ADAPTED_FIELDS or field.endswith('_impl') or 'dropout' in field
+              or field.startswith('drop_path') or field == 'zero_init_last')
+
+
 def get_format(name: str):
   """The format module `name`. Raises ValueError listing the valid names."""
   if name not in FORMATS:
@@ -82,7 +90,9 @@ def check(config) -> None:
   """Cheap checks of config.init_from before anything is built: the directory is a
   converted one, of the config's model, and the model fields the weights fixed at
   conversion (e.g. ViT's `approximate_gelu`, `classifier`) agree with the config's
-  (the number of classes and the resolution may differ: see the module docstring).
+  (the number of classes and the resolution may differ: see the module docstring; so
+  may regularisation, initialisation-only and implementation fields such as
+  drop_path_rate, zero_init_last and attention_impl).
   With config.init_into the weights fill a module of another model: only the directory
   is checked here, the shapes by `check_shapes`.
   Raises FileNotFoundError, ValueError."""
@@ -100,8 +110,10 @@ def check(config) -> None:
                      f'config.model.name is {config.model.name!r}')
   fields = {k: v for k, v in config.model.items() if k != 'name'}
   model = nets.build(config.model.name, **{'num_classes': 1, **fields})
+  # Only the fields the file or run recorded: a converted file leaves the sizes to the
+  # caller (the shape check compares them), and a run records all of its model's.
   differing = {k: (v, getattr(model, k, None)) for k, v in info.get('model_kwargs', {}).items()
-               if k not in ADAPTED_FIELDS and getattr(model, k, None) != v}
+               if _fixed_by_weights(k) and getattr(model, k, None) != v}
   if differing:
     raise ValueError(f'config.init_from={config.init_from!r} holds weights for model fields '
                      'the config sets otherwise: ' + '; '.join(

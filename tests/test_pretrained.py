@@ -238,3 +238,18 @@ def test_a_run_saved_from_eight_devices_loads_in_a_process_with_one(tmp_path):
                        check=False)
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.split('\n')[-2] == f'1 {kernel.tolist()} [1.0, 1.0, 1.0]'
+
+
+def test_a_run_as_init_from_may_change_regularisation_not_what_its_weights_compute(tmp_path):
+  source = str(tmp_path / 'run')
+  os.makedirs(os.path.join(source, 'checkpoints', '5', 'state'))
+  with open(os.path.join(source, 'config.json'), 'w', encoding='utf-8') as f:
+    f.write(vit_cifar10.get_config().to_json_best_effort())
+  config = vit_cifar10.get_config()
+  config.init_from = source
+  config.model.drop_path_rate, config.model.attention_impl = 0.0, 'xla'
+  config.model.dropout_rate = 0.3
+  pretrained.check(config)  # Fine-tuning with other regularisation, another core.
+  config.model.approximate_gelu = not config.model.approximate_gelu
+  with pytest.raises(ValueError, match='approximate_gelu: weights True, config False'):
+    pretrained.check(config)
