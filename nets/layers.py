@@ -13,8 +13,8 @@ from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
-from absl import logging
 import jax.numpy as jnp
+from absl import logging
 
 Dtype = Any
 
