@@ -52,3 +52,13 @@ def build(name: str, **overrides) -> nn.Module:
     return REGISTRY[name](**overrides)
   except TypeError as e:
     raise ValueError(f'Bad options for model {name!r}: {e}') from e
+
+
+def changes_computation(field: str) -> bool:
+  """Whether model field `field` changes what trained weights compute, i.e. must be the
+  same when weights are loaded or a run's checkpoint is predicted with. Not so:
+  training-time regularisation (dropout, stochastic depth: inactive at inference),
+  initialisation only (zero_init_last) and implementation choices (*_impl, e.g. the
+  attention and depthwise cores, which compute the same values)."""
+  return not (field.endswith('_impl') or 'dropout' in field or field.startswith('drop_path')
+              or field == 'zero_init_last')

@@ -8,12 +8,15 @@ that consumes one position per call (e.g. `Transformer.decode(..., decode=True)`
 each new token costs one decoder position. Both run a fixed number of steps under
 `lax.scan`: jit-compiled, batched, one compilation per shape.
 
-Beam search keeps the k most likely prefixes at every step (k = 1 is greedy search);
-a prefix that ends leaves the beam for the pool of finished hypotheses, scored with
-the length penalty of Wu et al. 2016 ("Google's Neural Machine Translation System",
-Sec. 7):
+Beam search keeps the k most likely unfinished prefixes at every step (k = 1 is
+greedy search); a prefix that ends leaves the beam for the pool of finished
+hypotheses, scored with the length penalty of Wu et al. 2016 ("Google's Neural
+Machine Translation System", Sec. 7):
   score(Y) = log P(Y | X) / lp(Y),   lp(Y) = (5 + |Y|)^alpha / (5 + 1)^alpha,
-where |Y| counts the generated tokens including the end token.
+where |Y| counts the generated tokens including the end token. Each step ranks the
+best 2k extensions, as tensor2tensor's and Flax's beam searches do: at most k of them
+end (one per beam), so k unfinished ones always remain and the beam never narrows
+when hypotheses finish.
 """
 
 import jax
@@ -96,9 +99,9 @@ def beam_search(step_fn, cache, *, batch_size: int, beam_size: int, max_length: 
     vocab = logits.shape[-1]
     logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(b, k, vocab)
     candidates = (live_logp[:, :, None] + logp).reshape(b, k * vocab)
-    top_logp, top_index = jax.lax.top_k(candidates, k)               # (b, k)
+    top_logp, top_index = jax.lax.top_k(candidates, 2 * k)           # (b, 2k)
     beam, token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
-    seqs = jnp.take_along_axis(live_seqs, beam[:, :, None], axis=1)  # (b, k, L)
+    seqs = jnp.take_along_axis(live_seqs, beam[:, :, None], axis=1)  # (b, 2k, L)
     seqs = seqs.at[:, :, t].set(token)
     alive = top_logp > NEG_INF / 2
     is_eos = token == eos_id
@@ -109,10 +112,10 @@ def beam_search(step_fn, cache, *, batch_size: int, beam_size: int, max_length: 
     all_scores = jnp.concatenate([finished_scores, new_scores], axis=1)
     finished_scores, keep = jax.lax.top_k(all_scores, k)
     finished_seqs = jnp.take_along_axis(all_seqs, keep[:, :, None], axis=1)
-    # ... and leave the beam: their slots are dead from now on.
-    live_logp = jnp.where(is_eos | ~alive, NEG_INF, top_logp)
-    live_seqs = seqs
-    cache = _gather_beams(cache, beam, b, k)
+    # ... and the best k that go on form the next beam.
+    live_logp, keep = jax.lax.top_k(jnp.where(is_eos | ~alive, NEG_INF, top_logp), k)
+    live_seqs = jnp.take_along_axis(seqs, keep[:, :, None], axis=1)
+    cache = _gather_beams(cache, jnp.take_along_axis(beam, keep, axis=1), b, k)
     return (live_seqs, live_logp, finished_seqs, finished_scores, cache), None
 
   # Only the first beam is live at the start, so the k beams are not k copies.

@@ -55,11 +55,9 @@ ADAPTED_FIELDS = ('num_classes', 'image_size')
 
 
 def _fixed_by_weights(field: str) -> bool:
-  """Whether a model field is part of what trained weights compute: not the ones merge
-  adapts, training-time regularisation (dropout, stochastic depth), initialisation only
-  (zero_init_last) or an implementation choice (*_impl: the same values)."""
-  return not (field in ADAPTED_FIELDS or field.endswith('_impl') or 'dropout' in field
-              or field.startswith('drop_path') or field == 'zero_init_last')
+  """Whether a model field is part of what trained weights compute and not one of those
+  merge adapts."""
+  return field not in ADAPTED_FIELDS and nets.changes_computation(field)
 
 
 def get_format(name: str):
@@ -86,12 +84,13 @@ def read_info(directory: str) -> dict:
     return json.load(f)
 
 
-def check(config) -> None:
-  """Cheap checks of config.init_from before anything is built: the directory is a
-  converted one, of the config's model, and the model fields the weights fixed at
-  conversion (e.g. ViT's `approximate_gelu`, `classifier`) agree with the config's
-  (the number of classes and the resolution may differ: see the module docstring; so
-  may regularisation, initialisation-only and implementation fields such as
+def check(config, model) -> None:
+  """Cheap checks of config.init_from before anything is initialised: the directory is
+  a converted one, of the config's model, and the model fields the weights fixed at
+  conversion (e.g. ViT's `approximate_gelu`, `classifier`) agree with those of `model`,
+  the config's model as its task's `check` built it with placeholder sizes (the number
+  of classes and the resolution may differ: see the module docstring; so may
+  regularisation, initialisation-only and implementation fields such as
   drop_path_rate, zero_init_last and attention_impl).
   With config.init_into the weights fill a module of another model: only the directory
   is checked here, the shapes by `check_shapes`.
@@ -108,8 +107,6 @@ def check(config) -> None:
     raise ValueError(f'config.init_from={config.init_from!r} holds weights for model '
                      f'{info["model"]!r} ({info.get("architecture", "")}), but '
                      f'config.model.name is {config.model.name!r}')
-  fields = {k: v for k, v in config.model.items() if k != 'name'}
-  model = nets.build(config.model.name, **{'num_classes': 1, **fields})
   # Only the fields the file or run recorded: a converted file leaves the sizes to the
   # caller (the shape check compares them), and a run records all of its model's.
   differing = {k: (v, getattr(model, k, None)) for k, v in info.get('model_kwargs', {}).items()

@@ -2,8 +2,8 @@
 about a problem; train/trainer.py, train/bench.py and train/predict.py never name a task.
 
 A task module defines:
-  check(config)                  cheap config checks before any data is read, including
-                                 building (not initialising) the model with placeholder
+  check(config)                  cheap config checks before any data is read; returns
+                                 the model built (not initialised) with placeholder
                                  sizes; raises ValueError naming the field.
   build_data(config)             the data object: train_iterator(process_index,
                                  process_count), eval_batches(role, ...), eval_splits

@@ -64,9 +64,9 @@ class ClassificationTask(common.Task):
     return jnp.argmax(self.apply(model, variables, batch, train=False), axis=-1)
 
 
-def check(config) -> None:
-  """Builds the model with a placeholder class count (unknown names/fields raise)."""
-  common.build_model(config, num_classes=10)
+def check(config):
+  """The model built with a placeholder class count (unknown names/fields raise)."""
+  return common.build_model(config, num_classes=10)
 
 
 def build_data(config):

@@ -113,19 +113,22 @@ def _nms_options(config) -> dict:
   return options
 
 
-def check(config) -> None:
-  """The model (built with placeholder sizes), loss, anchors and NMS fields."""
+def check(config):
+  """Checks the model, loss, anchors and NMS fields; returns the model built with
+  placeholder sizes."""
   common.check_no_device_augment(config)
   loss = _loss(config)
   detectors = sorted(name for name in nets.REGISTRY if name.startswith('yolov3'))
   if config.model.name not in detectors:
     raise ValueError(f'config.model.name={config.model.name!r} is not a detector; valid: '
                      f'{detectors}')
-  common.build_model(config, num_classes=2, num_anchors=len(loss.anchors) // len(yolo.STRIDES))
+  model = common.build_model(config, num_classes=2,
+                             num_anchors=len(loss.anchors) // len(yolo.STRIDES))
   _nms_options(config)
   if config.data.image_size % 32:
     raise ValueError(f'config.data.image_size={config.data.image_size} must be a multiple of '
                      f'32 (the YOLOv3 total stride)')
+  return model
 
 
 def build_data(config):

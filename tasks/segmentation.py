@@ -111,20 +111,26 @@ def _loss(config):
   return dense_losses.get(name, **options)
 
 
-def check(config) -> None:
-  """The model, loss and inference fields (valid choices listed on error)."""
+def check(config):
+  """Checks the model, loss and inference fields (valid choices listed on error);
+  returns the model built with a placeholder class count."""
   common.check_no_device_augment(config)
   model = common.build_model(config, num_classes=2)
   _loss(config)
   if config.inference.head not in INFERENCE_HEADS:
     raise ValueError(f'config.inference.head={config.inference.head!r} is not valid; choose '
                      f'one of {list(INFERENCE_HEADS)}')
-  depth = getattr(model, 'depth', None)
   level = config.inference.level
-  if not level:
-    return
+  if level:
+    _check_level(model, config.model.name, level)
+  return model
+
+
+def _check_level(model, name: str, level: int) -> None:
+  """Pruned inference at UNet++ level `level` (config.inference.level) is possible."""
+  depth = getattr(model, 'depth', None)
   if not getattr(model, 'prunable', False):
-    raise ValueError(f'config.inference.level={level}: model {config.model.name!r} cannot be '
+    raise ValueError(f'config.inference.level={level}: model {name!r} cannot be '
                      'pruned (a UNet++, unetpp, can); use 0')
   if not 1 <= level <= depth:
     raise ValueError(f'config.inference.level={level} must be 0 (full network) or in '

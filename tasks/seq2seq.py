@@ -106,8 +106,8 @@ class Seq2SeqTask(common.Task):
     return sequences[:, 0]
 
 
-def check(config) -> None:
-  """Builds the model with placeholder vocabularies; checks the length policy, the beam
+def check(config):
+  """The model built with placeholder vocabularies; checks the length policy, the beam
   size and that data/decode lengths fit the model's positions."""
   common.check_no_device_augment(config)
   from data import seq2seq  # pylint: disable=import-outside-toplevel
@@ -122,6 +122,7 @@ def check(config) -> None:
     if not 2 <= value <= model.max_length:
       raise ValueError(f'config.{group}.{field}={value} must be in [2, model.max_length='
                        f'{model.max_length}] (raise config.model.max_length for longer ones)')
+  return model
 
 
 def build_data(config):

@@ -265,7 +265,8 @@ def test_a_predictor_warns_of_fields_the_run_trained_otherwise(run, caplog):
   assert 'data.mean: [0.286] -> [0.5]' in caplog.text
   caplog.clear()
   changed = config.copy_and_resolve_references()
-  changed.model.attention_impl = 'xla'  # The same attention: not a difference.
+  changed.model.attention_impl = 'xla'  # The same attention: not a difference,
+  changed.model.dropout_rate = 0.3  # nor is dropout, inactive at inference.
   restore.Predictor(changed, workdir)
   assert 'differs from the run' not in caplog.text
 

@@ -16,7 +16,8 @@ import tensorflow_datasets as tfds
 
 import nets
 import pretrained
-from configs import unetpp_fashion_mnist_scenes, vit_cifar10
+import tasks
+from configs import transformer_g2p, unetpp_fashion_mnist_scenes, vit_cifar10
 from nets import vit
 from pretrained import convert, mapping
 from data import pipeline
@@ -240,16 +241,29 @@ def test_a_run_saved_from_eight_devices_loads_in_a_process_with_one(tmp_path):
   assert out.stdout.split('\n')[-2] == f'1 {kernel.tolist()} [1.0, 1.0, 1.0]'
 
 
+def _fake_run(directory, config):
+  """A directory that looks like a launch.py run of `config` (checkpoint contents are
+  not read by pretrained.check)."""
+  os.makedirs(os.path.join(directory, 'checkpoints', '5', 'state'))
+  with open(os.path.join(directory, 'config.json'), 'w', encoding='utf-8') as f:
+    f.write(config.to_json_best_effort())
+  return str(directory)
+
+
 def test_a_run_as_init_from_may_change_regularisation_not_what_its_weights_compute(tmp_path):
-  source = str(tmp_path / 'run')
-  os.makedirs(os.path.join(source, 'checkpoints', '5', 'state'))
-  with open(os.path.join(source, 'config.json'), 'w', encoding='utf-8') as f:
-    f.write(vit_cifar10.get_config().to_json_best_effort())
   config = vit_cifar10.get_config()
-  config.init_from = source
+  config.init_from = _fake_run(tmp_path / 'run', vit_cifar10.get_config())
   config.model.drop_path_rate, config.model.attention_impl = 0.0, 'xla'
   config.model.dropout_rate = 0.3
-  pretrained.check(config)  # Fine-tuning with other regularisation, another core.
+  check = lambda: pretrained.check(config, tasks.get(config.task).check(config))
+  check()  # Fine-tuning with other regularisation, another core.
   config.model.approximate_gelu = not config.model.approximate_gelu
   with pytest.raises(ValueError, match='approximate_gelu: weights True, config False'):
-    pretrained.check(config)
+    check()
+  # Any task's run: a Transformer has vocabulary sizes, not a class count.
+  config = transformer_g2p.get_config()
+  config.init_from = _fake_run(tmp_path / 'g2p', transformer_g2p.get_config())
+  check()
+  config.model.pre_ln = not config.model.get('pre_ln', False)
+  with pytest.raises(ValueError, match='pre_ln: weights'):
+    check()

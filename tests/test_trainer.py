@@ -4,6 +4,7 @@ validation-selected checkpoints tested once, NaN, SIGTERM and SIGKILL (one and t
 processes), the vit_cifar10 config under tfds mock data, and config errors."""
 
 import copy
+import glob
 import errno
 import json
 import os
@@ -212,7 +213,7 @@ def test_changed_model_width_stops_before_training_and_touches_nothing(six_step_
   assert _listing(workdir) == before
 
 
-@pytest.mark.parametrize('fault', ['truncated', 'interrupted_save'])
+@pytest.mark.parametrize('fault', ['truncated', 'truncated_arrays', 'interrupted_save'])
 def test_unreadable_latest_checkpoint_falls_back_and_is_kept(six_step_runs, tmp_path, caplog,
                                                             fault):
   config, full, split = six_step_runs
@@ -222,6 +223,10 @@ def test_unreadable_latest_checkpoint_falls_back_and_is_kept(six_step_runs, tmp_
   if fault == 'truncated':
     manifest = os.path.join(step_dir, 'state', 'manifest.ocdbt')
     os.truncate(manifest, os.path.getsize(manifest) // 2)
+    expected = 'Checkpoint at step 6 is unreadable'
+  elif fault == 'truncated_arrays':  # Orbax wraps tensorstore's error in a bare Exception.
+    for path in glob.glob(os.path.join(step_dir, 'state', 'ocdbt.process_0', 'd', '*')):
+      os.truncate(path, os.path.getsize(path) // 2)
     expected = 'Checkpoint at step 6 is unreadable'
   else:  # Orbax writes into <step>.orbax-checkpoint-tmp-<time> and renames at the end.
     os.rename(step_dir, step_dir + '.orbax-checkpoint-tmp-1234')

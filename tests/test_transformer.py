@@ -285,7 +285,7 @@ def test_decoding_never_emits_padding_or_the_start_token(beam_size):
     assert not np.isin(body, [0, 2]).any(), row
 
 
-def test_beam_one_equals_greedy_and_beams_are_sorted_by_penalised_score():
+def test_beams_are_sorted_by_penalised_score_and_beat_greedy_search():
   model = _tiny(max_length=8)
   source, target = _data()
   variables = _init(model, 4, source, target)
@@ -296,16 +296,13 @@ def test_beam_one_equals_greedy_and_beams_are_sorted_by_penalised_score():
   greedy = jax.jit(lambda c: decoding.greedy_search(
       step_fn, c, batch_size=3, max_length=8, bos_id=2, eos_id=1))(cache)
   assert (np.asarray(greedy) == 1).any(axis=1).all()  # Every greedy output ends.
-  # Without a length penalty (alpha = 0) a beam of one is greedy search; with one, a
-  # longer hypothesis may rightly win.
-  step_fn, cache = _decoder(model, variables, source, beam=1)
-  seqs, _ = jax.jit(lambda c: decoding.beam_search(
-      step_fn, c, batch_size=3, beam_size=1, max_length=8, bos_id=2, eos_id=1, alpha=0.0))(cache)
-  np.testing.assert_array_equal(seqs[:, 0], greedy)
-
-  step_fn, cache = _decoder(model, variables, source, beam=4)
-  seqs, scores = jax.jit(lambda c: decoding.beam_search(
-      step_fn, c, batch_size=3, beam_size=4, max_length=8, bos_id=2, eos_id=1, alpha=0.6))(cache)
+  searches = {}
+  for beam, alpha in ((1, 0.0), (4, 0.6)):
+    step_fn, cache = _decoder(model, variables, source, beam=beam)
+    searches[beam] = jax.jit(lambda c: decoding.beam_search(
+        step_fn, c, batch_size=3, beam_size=beam, max_length=8, bos_id=2, eos_id=1,
+        alpha=alpha))(cache)
+  seqs, scores = searches[4]
   assert seqs.shape == (3, 4, 8) and scores.shape == (3, 4)
   assert (np.diff(np.asarray(scores), axis=1) <= 1e-6).all()
   # Every beam and the greedy output of each source, scored by teacher forcing.
@@ -319,10 +316,68 @@ def test_beam_one_equals_greedy_and_beams_are_sorted_by_penalised_score():
       if 1 in np.asarray(seqs[i, j]):
         assert float(scores[i, j]) == pytest.approx(penalised(*scored[4 * i + j]), abs=1e-4)
         checked += 1
-    # The best beam is at least as likely (penalised) as the greedy output.
     assert checked > 0
-    if 1 in np.asarray(greedy[i]):
-      assert float(scores[i, 0]) >= penalised(*scored[12 + i]) - 1e-4
+    # The best beam is at least as likely (penalised) as the greedy output; without a
+    # length penalty, so is a beam of one, which also keeps the hypotheses that end
+    # before greedy search's.
+    assert float(scores[i, 0]) >= penalised(*scored[12 + i]) - 1e-4
+    assert float(searches[1][1][i, 0]) >= scored[12 + i][0] - 1e-4
+
+
+def _bigram_search(log_probs, beam_size, max_length, alpha):
+  """decoding.beam_search on a bigram model: the next token's log-probabilities
+  [vocab, vocab] depend on the last token only, so the search needs no cache."""
+  table = jnp.asarray(log_probs, jnp.float32)
+  step_fn = lambda tokens, cache: (table[tokens[:, 0]], cache)
+  return decoding.beam_search(step_fn, {}, batch_size=1, beam_size=beam_size,
+                              max_length=max_length, bos_id=2, eos_id=1, alpha=alpha)
+
+
+def _reference_beam_search(log_probs, k, max_length, alpha):
+  """A plain loop of the standard beam search (tensor2tensor's): the best 2k
+  extensions of the beam; those that end join the finished pool, the best k of the
+  others form the next beam; unfinished beams complete a short pool at the end."""
+  lp = lambda n: ((5.0 + n) / 6.0) ** alpha
+  live, finished = [(0.0, [2])], []
+  for t in range(max_length):
+    candidates = sorted(((logp + log_probs[seq[-1]][v], seq + [v])
+                         for logp, seq in live for v in range(len(log_probs))),
+                        key=lambda c: -c[0])[:2 * k]
+    finished += [(logp / lp(t + 1), seq[1:]) for logp, seq in candidates if seq[-1] == 1]
+    live = [c for c in candidates if c[1][-1] != 1][:k]
+  finished = sorted(finished, key=lambda c: -c[0])[:k]
+  unfinished = sorted(((logp / lp(max_length), seq[1:]) for logp, seq in live),
+                      key=lambda c: -c[0])
+  return (finished + unfinished)[:k]
+
+
+def test_beam_search_keeps_k_beams_when_hypotheses_finish():
+  """Tokens: 0 pad, 1 end, 2 start, 3 'a', 4 'b'. After the start token the end token
+  is the most likely (0.5), then 'a' (0.3), then 'b' (0.2); after 'b' the end (0.95).
+  The two best hypotheses are 'end' (0.5) and 'b end' (0.19). A beam of two that lets
+  the finished 'end' take one of its two slots keeps only 'a' and never finds 'b end'."""
+  p = np.full((5, 5), 1e-9)
+  p[2, [1, 3, 4]] = 0.5, 0.3, 0.2
+  p[3, [1, 3, 4]] = 0.1, 0.4, 0.5
+  p[4, [1, 3, 4]] = 0.95, 0.025, 0.025
+  p[[0, 1]] = 0.2
+  seqs, scores = _bigram_search(np.log(p), beam_size=2, max_length=4, alpha=0.0)
+  np.testing.assert_array_equal(seqs[0], [[1, 0, 0, 0], [4, 1, 0, 0]])
+  np.testing.assert_allclose(np.exp(scores[0]), [0.5, 0.19], rtol=1e-5)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_beam_search_equals_a_reference_loop(seed):
+  rng = np.random.default_rng(seed)
+  logits = rng.normal(size=(6, 6)) * 2.0
+  logits[:, 2] = -1e9  # The start token is never generated.
+  log_probs = np.asarray(jax.nn.log_softmax(logits))
+  seqs, scores = _bigram_search(log_probs, beam_size=3, max_length=5, alpha=0.6)
+  expected = _reference_beam_search(log_probs, 3, 5, 0.6)
+  for (score, seq), got_seq, got_score in zip(expected, np.asarray(seqs[0]), scores[0]):
+    np.testing.assert_array_equal(got_seq[:len(seq)], seq)
+    assert (got_seq[len(seq):] == 0).all()
+    assert float(got_score) == pytest.approx(score, abs=1e-4)
 
 
 def _steered(step_fn):
@@ -333,7 +388,7 @@ def _steered(step_fn):
   attends to whatever it was fed."""
   def steered(tokens, state):
     logits, state = step_fn(tokens, state)
-    return logits.at[:, 1].add(-0.25).at[:, 0].set(decoding.NEG_INF), state
+    return logits.at[:, 1].add(-0.75).at[:, 0].set(decoding.NEG_INF), state
   return steered
 
 

@@ -63,7 +63,20 @@ def _to_tree(state: TrainState) -> dict:
 
 def classify_error(error: BaseException) -> int:
   """UNREADABLE (the files are corrupt or missing), TRANSIENT (worth retrying) or
-  OTHER (unknown: never treated as corruption)."""
+  OTHER (unknown: never treated as corruption). Orbax re-raises tensorstore's errors
+  wrapped in a bare Exception ('Encountered error while reading array index ...'), so
+  the exceptions it was raised from count too: the first that is not OTHER decides."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    outcome = _classify_one(error)
+    if outcome != OTHER:
+      return outcome
+    error = error.__cause__ or error.__context__
+  return OTHER
+
+
+def _classify_one(error: BaseException) -> int:
   if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError, EOFError)):
     return UNREADABLE
   if isinstance(error, OSError):

@@ -13,6 +13,7 @@ import time
 import jax
 from absl import logging
 
+import nets
 import tasks
 from train import checkpoint as checkpoint_lib
 from train import parallel, run_config, trainer
@@ -162,11 +163,11 @@ def _warn_of_model_changes(workdir: str, config) -> None:
   own <workdir>/config.json. The checkpoint check catches fields that change shapes;
   these (e.g. model.approximate_gelu, data.mean) restore without error but compute
   something else than the run trained, e.g. when the training command's overrides are
-  not repeated. Implementation choices (model.*_impl: attention and depthwise cores)
-  compute the same values and are left out."""
+  not repeated. Fields that do not change what the weights compute (implementation
+  choices, dropout: `nets.changes_computation`) are left out."""
   changes = {field: values for field, values in
              run_config.diff(run_config.load(workdir), config).items()
-             if (field.startswith('model.') and not field.endswith('_impl'))
+             if (field.startswith('model.') and nets.changes_computation(field[len('model.'):]))
              or field in ('data.mean', 'data.std')}
   if changes:
     logging.warning('The config differs from the run\'s %s in: %s. Pass the training '

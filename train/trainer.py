@@ -60,7 +60,8 @@ def validate(config, num_devices: int) -> None:
   choice('optim.weight_decay_mode', config.optim.weight_decay_mode, optim.WEIGHT_DECAY_MODES)
   choice('task', config.task, tasks.REGISTRY)
   choice('checkpoint.best_mode', config.checkpoint.best_mode, ('max', 'min'))
-  tasks.get(config.task).check(config)  # Model names and fields, task-specific fields.
+  # Model names and fields, task-specific fields.
+  placeholder_model = tasks.get(config.task).check(config)
   for field in ('batch_size', 'eval_batch_size', 'log_every_steps', 'grad_accum_steps'):
     if config[field] <= 0:
       raise ValueError(f'config.{field} must be positive, got {config[field]}')
@@ -73,7 +74,7 @@ def validate(config, num_devices: int) -> None:
                      f'({config.grad_accum_steps})')
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ValueError('Set config.num_train_steps > 0 or config.num_epochs > 0')
-  pretrained.check(config)
+  pretrained.check(config, placeholder_model)
 
 
 def evaluate(state, engine, data, role: str, eval_step=None, evaluators=()) -> dict:
