@@ -52,7 +52,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.parallel = 'jit'              # 'jit' (Mesh + NamedSharding) or 'pmap'.
   c.num_classes = 10              # Used only for datasets not in data.sources.DATASETS.
   c.eval_every_steps = 1000       # Validation-split evaluation interval; 0: at the end only.
-  c.checkpoint_every_steps = 1000  # 0: checkpoint only at the end (and on SIGTERM).
+  c.checkpoint_every_steps = 1000  # 0: checkpoint only at the end (and on SIGTERM);
+  # every validation also saves one, so that the best validated step can be selected.
   c.log_every_steps = 100         # Train metrics are fetched from the device only here.
   c.init_from = ''                # A converted weight directory (python -m pretrained.convert)
                                   # or a run's workdir, loaded into a fresh run (not at a

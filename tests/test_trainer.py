@@ -80,6 +80,7 @@ def six_step_runs(tmp_path_factory):
   config = tiny_config(fmnist_dir)
   config.model.dropout_rate = 0.1
   config.augment.random_erasing_prob = 0.5
+  config.checkpoint_every_steps = 0  # Saved at the validations of steps 3 and 6 all the same.
   full = str(root / 'full')
   trainer.run(config, full)
   split = str(root / 'split')
@@ -120,6 +121,8 @@ def test_final_metrics_label_the_selected_checkpoint_and_splits(six_step_runs):
   assert final['validation']['num_examples'] == 16 and final['test']['num_examples'] == 36
   tests = [r for r in _rows(full) if r['split'] == 'test']
   assert len(tests) == 1 and tests[0]['step'] == final['selected_step']
+  # Every validated step was saved (checkpoint_every_steps is 0), so any can be selected.
+  assert sorted(os.listdir(os.path.join(full, 'checkpoints'))) == ['3', '6']
 
 
 def test_eval_only_reproduces_the_logged_metrics_and_touches_nothing(six_step_runs,
@@ -140,8 +143,12 @@ def test_eval_only_reproduces_the_logged_metrics_and_touches_nothing(six_step_ru
     assert result['metrics'].keys() == expected.keys()
     for name, value in expected.items():
       assert result['metrics'][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
-    written = json.loads(open(os.path.join(workdir, 'eval', f'{role}_step{step}.json')).read())
+    path = restore.result_path(workdir, final['splits'][role], step)
+    written = json.loads(open(path).read())
     assert written['metrics'] == result['metrics'] and written['split'] == final['splits'][role]
+  # One file per split: both evaluations of step 6 are kept.
+  assert {'test_step6.json', 'train_48___step6.json'} <= set(
+      os.listdir(os.path.join(workdir, 'eval')))
   assert _listing(os.path.join(workdir, 'checkpoints')) == checkpoints
   assert {(r['step'], r['split']) for r in _rows(workdir)} == set(logged)  # No new rows.
   epochs = [r['epoch'] for r in _rows(workdir) if r['split'] == 'train']
@@ -210,6 +217,13 @@ def test_changed_model_width_stops_before_training_and_touches_nothing(six_step_
   assert re.search(r'\n  params/[\w/]+: checkpoint float32\[.*16.*\], current float32\[.*24',
                    message)
   assert 'model.hidden_size: 16 -> 24' in message and 'new --workdir' in message
+  assert _listing(workdir) == before
+  # A batch size or seed changes what the saved data position means: refused, too.
+  config = copy.deepcopy(six_step_runs[0])
+  config.batch_size, config.seed = 8, 7
+  with pytest.raises(ValueError, match=r'data position under other values of batch_size: '
+                     r'16 -> 8; seed: 0 -> 7.*Nothing was moved'):
+    trainer.run(config, workdir)
   assert _listing(workdir) == before
 
 

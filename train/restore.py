@@ -8,6 +8,7 @@ Nothing under the run's workdir is created, moved or rewritten except
 import functools
 import json
 import os
+import re
 import time
 
 import jax
@@ -135,11 +136,18 @@ class Predictor:
             'examples_per_s': round(n / seconds, 1)}
 
 
+def result_path(workdir: str, split: str, step: int) -> str:
+  """<workdir>/eval/<split>_step<step>.json, the split's characters other than letters,
+  digits, '.' and '-' written as '_' (e.g. train[48:] -> train_48__): one file per
+  evaluated split, so evaluating another split keeps the earlier results."""
+  return os.path.join(workdir, 'eval', re.sub(r'[^\w.-]', '_', split) + f'_step{step}.json')
+
+
 def evaluate_checkpoint(config, workdir: str, checkpoint='last', role: str = 'test') -> dict:
   """Evaluates one checkpoint of the run in `workdir` on eval set `role` ('validation'
   or 'test'; any dataset split through config.data.test_split / validation_split) and
-  writes {step, checkpoint, split, metrics} to <workdir>/eval/<role>_step<N>.json.
-  Nothing else in `workdir` changes. Raises what Predictor raises, and ValueError for
+  writes {step, checkpoint, role, split, metrics} to <workdir>/eval/<split>_step<N>.json
+  (`result_path`). Nothing else in `workdir` changes. Raises what Predictor raises, and ValueError for
   an unknown `role`."""
   if role not in ('validation', 'test'):
     raise ValueError(f"split {role!r} is not valid; choose 'validation' or 'test'")
@@ -148,9 +156,8 @@ def evaluate_checkpoint(config, workdir: str, checkpoint='last', role: str = 'te
   result = {'step': predictor.step, 'checkpoint': str(checkpoint), 'role': role,
             'split': predictor.data.eval_splits[role], 'metrics': metrics}
   if jax.process_index() == 0:
-    directory = os.path.join(workdir, 'eval')
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, f'{role}_step{predictor.step}.json')
+    path = result_path(workdir, result['split'], predictor.step)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'w', encoding='utf-8') as f:
       json.dump(result, f, indent=2)
     logging.info('Step %d on %s (%s): %s; written to %s', predictor.step, role,

@@ -12,6 +12,12 @@ import time
 
 import jax
 
+# Fields that give the training data position a checkpoint saves its meaning: Grain
+# saves the number of batches read from the (seeded) shuffled order, per worker
+# process, so under another value a resumed run would skip or repeat examples. A
+# restart that changes one of them is refused (trainer.run).
+DATA_POSITION_FIELDS = ('batch_size', 'seed', 'data.train_split', 'data.num_workers')
+
 
 def flatten(tree: dict) -> dict:
   """A nested config dict (as JSON loads it) -> {'model.hidden_size': 64, ...}."""

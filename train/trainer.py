@@ -190,6 +190,15 @@ def run(config, workdir: str) -> dict:
                                      async_save=config.checkpoint.async_save)
   abstract = abstract_state(init_fn, engine)
   changes = run_config.diff(run_config.load(workdir), config)
+  repositioned = {k: v for k, v in changes.items() if k in run_config.DATA_POSITION_FIELDS}
+  if repositioned and ckpt.all_steps():
+    ckpt.close()
+    raise ValueError(
+        f'The checkpoints in {ckpt.directory} saved the training data position under '
+        f'other values of {run_config.describe(repositioned)}; under the new ones that '
+        'position would skip or repeat examples, so the run cannot resume with them. '
+        'Nothing was moved or written. Restart with the saved values, or train this config '
+        f'in a new --workdir (--config.init_from={workdir} starts it from these weights).')
   try:
     restored = ckpt.restore_latest(abstract, train_iter)
   except checkpoint_lib.CheckpointMismatchError as e:
@@ -258,8 +267,9 @@ def run(config, workdir: str) -> dict:
         stop = preempt.reached(step)  # The same step on every process.
         do_eval = has_validation and (is_last or (config.eval_every_steps > 0
                                                   and step % config.eval_every_steps == 0))
-        do_ckpt = is_last or stop or (config.checkpoint_every_steps > 0
-                                      and step % config.checkpoint_every_steps == 0)
+        # Every validated step is saved, so that the best of them can be selected.
+        do_ckpt = is_last or stop or do_eval or (config.checkpoint_every_steps > 0
+                                                 and step % config.checkpoint_every_steps == 0)
         if step % config.log_every_steps == 0 or do_eval or do_ckpt:
           summary = _summarise(engine.to_host(pending), pending_from)  # The only device sync.
           train_seconds += time.time() - mark
