@@ -342,6 +342,10 @@ def test_validate_errors(fmnist_dir):
   config.grad_accum_steps, config.checkpoint.best_mode = 1, 'best'
   with pytest.raises(ValueError, match=r"best_mode='best'.*\['max', 'min'\]"):
     trainer.validate(config, 8)
+  config.checkpoint.best_mode, config.checkpoint.best_metric = 'max', 'loss'
+  with pytest.raises(ValueError, match="best_metric='loss' is best at its minimum.*best_mode=min"):
+    trainer.validate(config, 8)
+  config.checkpoint.best_metric = 'top1'
 
 
 def test_best_metric_must_name_a_validation_metric():

@@ -347,13 +347,15 @@ class Checkpointer:
 
   def _quarantine_interrupted_saves(self) -> None:
     """Moves `<step>.orbax-checkpoint-tmp-*` directories (saves interrupted by a crash)
-    to checkpoints_corrupt/, with a warning naming them."""
-    if os.path.isdir(self.directory):
-      for name in sorted(os.listdir(self.directory)):
-        if _TMP_SUFFIX in name:
-          logging.warning('Checkpoint %s is an interrupted save; moving it to %s.', name,
-                          self.corrupt_directory)
-          self._quarantine(os.path.join(self.directory, name), reload=False)
+    to checkpoints_corrupt/, with a warning naming them. Every process lists them
+    before process 0 moves any, so that all wait at the same barriers."""
+    names = ([n for n in sorted(os.listdir(self.directory)) if _TMP_SUFFIX in n]
+             if os.path.isdir(self.directory) else [])
+    _barrier('checkpoint_interrupted_saves_listed')
+    for name in names:
+      logging.warning('Checkpoint %s is an interrupted save; moving it to %s.', name,
+                      self.corrupt_directory)
+      self._quarantine(os.path.join(self.directory, name), reload=False)
 
   def _quarantine(self, path: str, reload: bool = True) -> None:
     """Moves `path` into checkpoints_corrupt/ (process 0; all processes wait)."""

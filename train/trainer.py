@@ -45,6 +45,21 @@ def total_train_steps(config, num_train_examples: int) -> int:
   return max(1, int(config.num_epochs * (num_train_examples // config.batch_size)))
 
 
+# Metrics whose best value is known, so that a best_mode pointing the other way (e.g.
+# best_metric=loss overridden alone, keeping a classifier's 'max') is caught up front.
+_BEST_WHEN = {'min': ('loss', 'nll', 'wer', 'per'),
+              'max': ('top1', 'top5', 'accuracy', 'bleu', 'miou', 'pixel_accuracy', 'AP',
+                      'AP50', 'AP75')}
+
+
+def _check_best_mode(metric: str, mode: str) -> None:
+  for best, metrics in _BEST_WHEN.items():
+    if metric in metrics and mode != best:
+      raise ValueError(f'config.checkpoint.best_metric={metric!r} is best at its {best}imum, '
+                       f'but config.checkpoint.best_mode={mode!r} would keep its {mode}imum; '
+                       f'set --config.checkpoint.best_mode={best}')
+
+
 def validate(config, num_devices: int) -> None:
   """Cheap checks with clear messages, run before any data is read or compiled.
 
@@ -60,6 +75,7 @@ def validate(config, num_devices: int) -> None:
   choice('optim.weight_decay_mode', config.optim.weight_decay_mode, optim.WEIGHT_DECAY_MODES)
   choice('task', config.task, tasks.REGISTRY)
   choice('checkpoint.best_mode', config.checkpoint.best_mode, ('max', 'min'))
+  _check_best_mode(config.checkpoint.best_metric, config.checkpoint.best_mode)
   # Model names and fields, task-specific fields.
   placeholder_model = tasks.get(config.task).check(config)
   for field in ('batch_size', 'eval_batch_size', 'log_every_steps', 'grad_accum_steps'):
