@@ -11,7 +11,8 @@ as an Orbax checkpoint plus pretrained.json (format, source file, model and the 
 fields the file fixed). `config.init_from` loads such a directory, or the workdir of a
 run of this codebase (pretrained/run.py: its newest checkpoint), into a fresh run
 (`initialise`): every variable is taken from it, except
-  * the classifier `head`, when its size differs (another number of classes): kept at
+  * the classifier `head`, when its size differs (another number of classes) or the
+    weights have none (a backbone converted from a file without a classifier): kept at
     its initialisation, and the log says so;
   * ViT position embeddings for another resolution: resized bilinearly (Dosovitskiy et
     al. 2021, Sec. 3.2);
@@ -47,9 +48,9 @@ FORMATS = {
 }
 INFO_FILE = 'pretrained.json'
 VARIABLES_DIR = 'variables'
-# Top-level modules that are reinitialised when their shapes differ (a new task's
-# classifier): the `head` of ViT, ResNet and MobileNetV2.
-REINITIALISED = ('head',)
+# Top-level modules that are initialised afresh when their shapes differ (a new task's
+# classifier) or the weights have none (a file saved without its classifier).
+REINITIALISED = mapping.HEADS
 # Model fields a converted checkpoint may differ in: handled by `merge`.
 ADAPTED_FIELDS = ('num_classes', 'image_size')
 
@@ -173,10 +174,17 @@ def _decide(path: tuple, saved_shape: tuple, model_shape: tuple) -> str:
   return 'reinit' if len(path) > 1 and path[1] in REINITIALISED else ''
 
 
+def _headless(path: tuple, theirs: dict) -> bool:
+  """Whether `path` is in a head module of which the loaded weights have nothing."""
+  return (len(path) > 1 and path[1] in REINITIALISED
+          and not any(p[1:2] == path[1:2] for p in theirs))
+
+
 def _problems(ours: dict, theirs: dict, source: str) -> None:
   """Raises mapping.WeightMismatchError for variables missing on either side and shape
   differences that are neither a resize nor a head reinitialisation."""
-  problems = [f'{"/".join(p)}: missing in the checkpoint' for p in ours if p not in theirs]
+  problems = [f'{"/".join(p)}: missing in the checkpoint' for p in ours
+              if p not in theirs and not _headless(p, theirs)]
   problems += [f'{"/".join(p)}: checkpoint {list(theirs[p].shape)}, model '
                f'{list(ours[p].shape)}' for p in ours
                if p in theirs and not _decide(p, theirs[p].shape, ours[p].shape)]
@@ -251,7 +259,11 @@ def merge(fresh: dict, loaded: dict, source: str, into: str = '') -> tuple[dict,
   _problems(target, theirs, source)
   out = {path: np.asarray(value) for path, value in ours.items()}
   for path, value in target.items():
-    name, saved = '/'.join(path), np.asarray(theirs[path])
+    name = '/'.join(path)
+    if path not in theirs:  # _problems let only a head the weights lack through.
+      notes.append(f'initialised {name}: {source} has no {path[1]}')
+      continue
+    saved = np.asarray(theirs[path])
     decision = _decide(path, saved.shape, value.shape)
     if decision == 'load':
       out[path] = saved

@@ -58,7 +58,10 @@ def convert(format_name: str, weights: str, model_name: str, out: str,
   tensors = fmt.read(weights)
   read_s = time.perf_counter() - start
   kwargs = {**fmt.model_kwargs(tensors), **(model_kwargs or {})}
-  model = nets.build(model_name, **kwargs)
+  # A file without a classifier gives no class count: its model is built with a
+  # placeholder head, which the conversion leaves out (mapping.HEADS); a run that loads
+  # it initialises its own head.
+  model = nets.build(model_name, **{'num_classes': 1, **kwargs})
   start = time.perf_counter()
   variables = fmt.to_variables(tensors, model, weights)
   convert_s = time.perf_counter() - start

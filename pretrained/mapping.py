@@ -16,6 +16,12 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 
+# Top-level modules that depend on the task, not on what was learnt (the classifier
+# `head` of ViT, ResNet and MobileNetV2): a file may lack one altogether (a backbone
+# saved without its classifier), and a loading model of another class count
+# reinitialises it (pretrained.merge).
+HEADS = ('head',)
+
 Transform = Callable[[np.ndarray], np.ndarray]
 Rule = Callable[[str, tuple], tuple[str, Transform]]
 
@@ -84,19 +90,27 @@ def convert(tensors: Mapping[str, np.ndarray], expected: Mapping, rule: Rule, *,
     looks_like: what the file's tensors look like (a format's `architecture`), added
       to the message of an error.
   Returns:
-    nested dict {collection: {...: float32 numpy array}} with the structure of `expected`.
+    nested dict {collection: {...: float32 numpy array}} with the structure of `expected`,
+    less a `HEADS` module none of whose tensors the file has (a headless file).
   Raises:
     WeightMismatchError listing every missing, extra and mis-shaped tensor.
   """
   used, missing, misshaped, out = set(), [], [], {}
+  absent_heads, present_heads = {}, set()
   for collection in ('params', 'batch_stats'):
     for path, leaf in flatten(expected.get(collection, {})).items():
       key, transform = rule(collection, path)
       ours = f'{collection}/{"/".join(path)}'
       if key not in tensors:
         close = difflib.get_close_matches(key, list(tensors), n=3, cutoff=0.5)
-        missing.append(f'{key} (for {ours}){"; closest: " + ", ".join(close) if close else ""}')
+        line = f'{key} (for {ours}){"; closest: " + ", ".join(close) if close else ""}'
+        if path[0] in HEADS:
+          absent_heads.setdefault(path[0], []).append(line)
+        else:
+          missing.append(line)
         continue
+      if path[0] in HEADS:
+        present_heads.add(path[0])
       used.add(key)
       value = np.asarray(transform(np.asarray(tensors[key])), np.float32)
       if tuple(value.shape) != tuple(leaf.shape):
@@ -104,6 +118,8 @@ def convert(tensors: Mapping[str, np.ndarray], expected: Mapping, rule: Rule, *,
                          f'converted {list(value.shape)}, model {list(leaf.shape)}')
         continue
       out[(collection,) + path] = value
+  for head in present_heads & set(absent_heads):  # Part of a head is an error.
+    missing += absent_heads[head]
   extra = sorted(k for k in tensors if k not in used and not ignore(k))
   if missing or misshaped or extra:
     lines = [f'{source} does not fit the model:']

@@ -290,7 +290,7 @@ def test_vit_state_dict_into_resnet_is_a_clear_error(resnet18):
   assert ("the file looks like neither a torchvision ResNet nor a MobileNetV2 (its first "
           "keys: ['cls_token', 'patch_embed.proj.weight', 'blocks.0.attn.qkv.weight'])"
           in message)
-  assert '102 missing in the file' in message  # All of resnet18's variables.
+  assert '100 missing in the file' in message  # All of resnet18's but its head's.
 
 
 def test_features_only_models_leave_the_classifier_out(resnet18_twin):

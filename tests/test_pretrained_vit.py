@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import nets
-from pretrained import mapping, timm_vit, vit_npz
+import pretrained
+from pretrained import convert, mapping, timm_vit, vit_npz
 
 torch = pytest.importorskip('torch')
 from benchmarks import torch_twins  # noqa: E402  pylint: disable=wrong-import-position
@@ -148,6 +149,36 @@ def test_timm_file_imports_to_torch_logits(tmp_path, twin, images, kind):
   error = _max_error(_logits(model, variables, images), expected)
   print(f'timm {kind}: max |logit error| {error:.2e} (logits up to {np.abs(expected).max():.1f})')
   assert error < 1e-4
+
+
+def test_a_file_without_a_classifier_converts_and_loads_under_a_new_head(tmp_path, twin,
+                                                                        timm_variables):
+  # A backbone saved without its head (timm num_classes=0, DINO/MAE-style files).
+  sd = {k: v for k, v in twin.state_dict().items() if not k.startswith('head.')}
+  path = str(tmp_path / 'backbone.pth')
+  torch.save(sd, path)
+  sizes = dict(patch_size=PATCH, hidden_size=HIDDEN, num_layers=DEPTH, mlp_dim=MLP,
+               num_heads=HEADS)
+  info = convert.convert('timm_vit', path, 'vit_custom', str(tmp_path / 'out'), sizes)
+  assert 'num_classes' not in info['model_kwargs'] and '(no classification head)' in (
+      info['architecture'])
+  loaded, _ = pretrained.load(str(tmp_path / 'out'))
+  assert 'head' not in loaded['params']
+  fresh = jax.tree.map(np.asarray, jax.jit(_model(num_classes=5, image_size=SIZE).init)(
+      jax.random.key(1), np.zeros((1, SIZE, SIZE, 3), np.float32)))
+  merged, notes = pretrained.merge(fresh, loaded, 'backbone')
+  assert notes == ['initialised params/head/bias: backbone has no head',
+                   'initialised params/head/kernel: backbone has no head']
+  np.testing.assert_array_equal(merged['params']['head']['kernel'],
+                                fresh['params']['head']['kernel'])
+  flat, reference = mapping.flatten(merged['params']), mapping.flatten(timm_variables['params'])
+  for key, value in flat.items():
+    if key[0] != 'head':
+      np.testing.assert_array_equal(value, reference[key])
+  # Half a head is not a headless file: the missing half is listed.
+  with pytest.raises(mapping.WeightMismatchError, match=r'1 missing in the file:\n    head.bias'):
+    timm_vit.to_variables({**sd, 'head.weight': np.zeros((CLASSES, HIDDEN), np.float32)},
+                          _model(num_classes=CLASSES), 'half.pth')
 
 
 def test_timm_import_needs_the_exact_gelu(twin, images, timm_variables):

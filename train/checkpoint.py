@@ -236,18 +236,24 @@ class Checkpointer:
     """The checkpoint at `step`, or None after moving it aside as unreadable.
 
     The cheap checks (metadata, structure, this process's data-iterator file) run
-    first on every process and are agreed on before the collective restore.
+    first on every process and are agreed on before the collective restore, whose
+    outcome is agreed on as well: no process returns a state while another moves the
+    checkpoint aside.
     Raises CheckpointMismatchError, CheckpointReadError, or an unclassified error.
     """
     outcome, detail = self._check(step, abstract_state, data_iterator is not None)
     agreed = _agree(outcome)
     if agreed == OK:
+      state = None
       try:
-        return self._read(lambda: self._restore(step, abstract_state, data_iterator), step)
+        state = self._read(lambda: self._restore(step, abstract_state, data_iterator), step)
       except Exception as e:  # pylint: disable=broad-except
-        if classify_error(e) != UNREADABLE:
-          raise
-        agreed, detail = UNREADABLE, e
+        outcome, detail = classify_error(e), e
+      agreed = _agree(outcome)
+      if agreed == OK:
+        return state
+      if outcome == OK:
+        detail = ValueError('another process could not read it')
     if agreed == MISMATCH:
       raise CheckpointMismatchError(detail if outcome == MISMATCH else
                                     f'Checkpoint {step}: another process found its '
