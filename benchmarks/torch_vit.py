@@ -6,11 +6,14 @@ r"""The same-size ViT in PyTorch, timed the same way as `python -m train.bench`.
 Architecture mirrors nets/vit.py: the optional conv stem (`model.conv_stem`: 3x3 stride-2
 convolutions with BatchNorm and ReLU), a PxP stride-P convolutional patch embedding,
 class token, learned position embeddings, pre-LN encoder layers
-(torch.nn.TransformerEncoderLayer with norm_first=True, GELU), final LayerNorm and a
+(torch.nn.TransformerEncoderLayer with norm_first=True, GELU in the config's tanh or
+erf form), final LayerNorm and a
 linear head; AdamW with global-norm clipping; one train step = forward, cross
 entropy, backward, clip, update. On a CUDA machine it runs on the GPU (`--device`), under
 bfloat16 autocast when the config computes in bfloat16, as benchmarks.torch_cnn does.
 """
+
+import functools
 
 import torch
 from absl import app, flags
@@ -30,7 +33,7 @@ class TorchViT(nn.Module):
   """Pre-LN ViT classifier, [b, c, h, w] -> [b, num_classes]."""
 
   def __init__(self, image_size, patch_size, channels, hidden, layers, mlp, heads, classes,
-               conv_stem=()):
+               conv_stem=(), approximate_gelu=True):
     super().__init__()
     stem = []
     for width in conv_stem:
@@ -42,7 +45,9 @@ class TorchViT(nn.Module):
     self.patch = nn.Conv2d(channels, hidden, patch_size, stride=patch_size)
     self.cls = nn.Parameter(torch.zeros(1, 1, hidden))
     self.pos = nn.Parameter(torch.randn(1, grid * grid + 1, hidden) * 0.02)
-    layer = nn.TransformerEncoderLayer(hidden, heads, mlp, dropout=0.0, activation='gelu',
+    gelu = functools.partial(nn.functional.gelu,
+                             approximate='tanh' if approximate_gelu else 'none')
+    layer = nn.TransformerEncoderLayer(hidden, heads, mlp, dropout=0.0, activation=gelu,
                                        batch_first=True, norm_first=True)
     self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
     self.norm = nn.LayerNorm(hidden, eps=1e-6)
@@ -60,7 +65,8 @@ def main(argv):
   m = c.model
   device = torch.device(_DEVICE.value)
   model = TorchViT(m.image_size, m.patch_size, m.num_channels, m.hidden_size, m.num_layers,
-                   m.mlp_dim, m.num_heads, 10, tuple(m.get('conv_stem', ()))).to(device)
+                   m.mlp_dim, m.num_heads, 10, tuple(m.get('conv_stem', ())),
+                   m.get('approximate_gelu', True)).to(device)
   opt = torch.optim.AdamW(model.parameters(), lr=c.learning_rate, weight_decay=0.05)
   x = torch.randn(c.batch_size, m.num_channels, m.image_size, m.image_size, device=device)
   y = torch.randint(0, 10, (c.batch_size,), device=device)

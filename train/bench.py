@@ -33,12 +33,13 @@ def define_flags() -> None:
   flags.mark_flags_as_required(['config'])
 
 
-def build_step(config, image_size: int = 0):
-  """The train step of `config` as launch.py builds it (not yet compiled) and its inputs:
-  (engine, step_fn, state, batch, input_shape). The batch is the random one of the
-  config's task module, images of side `image_size` (0: from the config, see
-  --image_size). Raises ValueError for bad configs and tasks without fixed-shape inputs."""
-  engine = parallel.build(config.parallel)
+def build_step(config, image_size: int = 0, devices=None):
+  """The train step of `config` as launch.py builds it (not yet compiled) on `devices`
+  (default: all) and its inputs: (engine, step_fn, state, batch, input_shape). The batch
+  is the random one of the config's task module, images of side `image_size` (0: from
+  the config, see --image_size). Raises ValueError for bad configs and tasks without
+  fixed-shape inputs."""
+  engine = parallel.build(config.parallel, devices)
   trainer.validate(config, engine.num_devices)
   spec, host_batch = tasks.get(config.task).bench_inputs(
       config, image_size, config.batch_size // jax.process_count(), np.random.default_rng(0))
@@ -51,10 +52,12 @@ def build_step(config, image_size: int = 0):
   return engine, step_fn, state, batch, tuple(spec.init_args[0].shape[1:])
 
 
-def benchmark(config, steps: int, image_size: int = 0) -> dict:
-  """Times `steps` train steps of `config` on the random batch of `build_step`; returns
-  the numbers. Raises ValueError for bad configs and tasks without fixed-shape inputs."""
-  engine, step_fn, state, batch, shape = build_step(config, image_size)
+def benchmark(config, steps: int, image_size: int = 0, devices=None) -> dict:
+  """Times `steps` train steps of `config` on the random batch of `build_step`, on
+  `devices` (default: all); returns the numbers. gflop_per_step and tflop_per_s count
+  the whole step on all its devices (XLA's cost analysis of the jitted step).
+  Raises ValueError for bad configs and tasks without fixed-shape inputs."""
+  engine, step_fn, state, batch, shape = build_step(config, image_size, devices)
   flops = None
   t = time.perf_counter()  # compile_s: compilation and the first step.
   if engine.name == 'jit':
@@ -63,6 +66,10 @@ def benchmark(config, steps: int, image_size: int = 0) -> dict:
     cost = step_fn.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = (cost or {}).get('flops')
+    # The analysis covers one device's share, and a lax.scan body once: scale by the
+    # devices and by the gradient-accumulation scan's micro-batches (the optimizer
+    # update, outside the scan, is then over-counted; it is a small part of a step).
+    flops = flops and flops * engine.num_devices * config.grad_accum_steps
   state, metrics = step_fn(state, batch)
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - t
@@ -71,7 +78,7 @@ def benchmark(config, steps: int, image_size: int = 0) -> dict:
     state, metrics = step_fn(state, batch)
   jax.block_until_ready(metrics)
   step_s = (time.perf_counter() - t) / steps
-  result = {'device': f'{jax.device_count()}x {jax.devices()[0].device_kind}',
+  result = {'device': f'{engine.num_devices}x {jax.devices()[0].device_kind}',
             'engine': engine.name, 'model': config.model.name, 'input_shape': shape,
             'batch_size': config.batch_size,
             'compute_dtype': config.compute_dtype, 'compile_s': round(compile_s, 2),
