@@ -133,8 +133,8 @@ def main(argv):
 
   matrix = oracle_confusion(pool, scored_classes_of)
   extra = {key: right / shown for key, (right, shown) in named.items()}
-  if config.task != 'segmentation':  # The classifier's test top-1 over every item.
-    extra['item_accuracy'] = float((predicted == pool.labels).mean())
+  if config.task != 'segmentation':  # The classifier's test top-1 over every test item.
+    extra['test_top1'] = float((predicted == pool.labels).mean())
   else:
     own = confusion.segmentation_metrics(own, scenes.CLASS_NAMES)
     extra.update(segmenter_miou=own['miou'], segmenter_pixel_accuracy=own['pixel_accuracy'])
