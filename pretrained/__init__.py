@@ -169,7 +169,8 @@ def _decide(path: tuple, saved_shape: tuple, model_shape: tuple) -> str:
   '' (a difference that is an error) for one variable present on both sides."""
   if tuple(saved_shape) == tuple(model_shape):
     return 'load'
-  if path[-1] == 'pos_embedding' and len(saved_shape) == len(model_shape) == 3:
+  if (path[-1] == 'pos_embedding' and len(saved_shape) == len(model_shape) == 3
+      and saved_shape[::2] == model_shape[::2]):  # Another grid of the same width.
     return 'resize'
   return 'reinit' if len(path) > 1 and path[1] in REINITIALISED else ''
 

@@ -73,14 +73,17 @@ def test_merge_loads_resizes_and_reinitialises_only_what_it_may():
                                                                  (4, 4)), rtol=1e-6)
   assert notes == ['reinitialised params/head/kernel: checkpoint [4, 7], model [4, 10]',
                    'resized params/pos_embedding from a 2^2 to a 4^2 grid (bilinear)']
-  # A body variable of another shape, one missing and one extra: all listed at once.
+  # A body variable of another shape, one missing and one extra, and position
+  # embeddings of another width (not a grid to resize): all listed at once.
   loaded['params']['block']['kernel'] = np.zeros((4, 5))
+  loaded['params']['pos_embedding'] = np.zeros((1, 4, 8))
   loaded['params']['extra'] = np.zeros(3)
   del loaded['batch_stats']['bn']['mean']
   with pytest.raises(mapping.WeightMismatchError) as error:
     pretrained.merge(fresh, loaded, 'src')
   assert str(error.value).splitlines()[1:] == [
       '  batch_stats/bn/mean: missing in the checkpoint',
+      '  params/pos_embedding: checkpoint [1, 4, 8], model [1, 16, 4]',
       '  params/block/kernel: checkpoint [4, 5], model [4, 4]',
       '  params/extra: not in the model']
 
