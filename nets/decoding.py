@@ -8,15 +8,15 @@ that consumes one position per call (e.g. `Transformer.decode(..., decode=True)`
 each new token costs one decoder position. Both run a fixed number of steps under
 `lax.scan`: jit-compiled, batched, one compilation per shape.
 
-Beam search keeps the k most likely unfinished prefixes at every step (k = 1 is
-greedy search); a prefix that ends leaves the beam for the pool of finished
-hypotheses, scored with the length penalty of Wu et al. 2016 ("Google's Neural
+Beam search keeps the k most likely unfinished prefixes at every step; a prefix that
+ends leaves the beam for the pool of finished hypotheses, scored with the length penalty of Wu et al. 2016 ("Google's Neural
 Machine Translation System", Sec. 7):
   score(Y) = log P(Y | X) / lp(Y),   lp(Y) = (5 + |Y|)^alpha / (5 + 1)^alpha,
 where |Y| counts the generated tokens including the end token. Each step ranks the
 best 2k extensions, as tensor2tensor's and Flax's beam searches do: at most k of them
 end (one per beam), so k unfinished ones always remain and the beam never narrows
-when hypotheses finish.
+when hypotheses finish. So k = 1 is not greedy search: it also keeps the hypotheses
+that end before greedy search's does.
 """
 
 import jax
