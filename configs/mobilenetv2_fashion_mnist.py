@@ -21,6 +21,8 @@ def get_config():
   c.model.width_multiplier = 0.35
   c.num_epochs = 2.0
   c.warmup_steps = 200
-  c.eval_every_steps = 468        # Every epoch.
+  # Every epoch, with a validation_split (none here: the test split is evaluated
+  # once, at the end).
+  c.eval_every_steps = 468
   c.checkpoint_every_steps = 468
   return c

@@ -7,18 +7,21 @@ r"""ResNet-50 (v1.5) on ImageNet-1k (TFDS imagenet2012), 90 epochs.
 Goyal et al. 2017 ("Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour"):
 SGD momentum 0.9, lr 0.1 x batch / 256 with 5 epochs of linear warmup, coupled weight
 decay 1e-4 (not on BatchNorm scales/biases), zero-initialised last BN scale of each
-block; cosine decay instead of their steps at 30/60/80 (set optim.schedule='step',
-optim.step_boundaries=(0.35, 0.7, 0.93) for those). Inception-style random-resized
-crops (Szegedy et al. 2015) + flips for training; resize to 256 + 224 center crop for
-eval. Label smoothing 0.1 (Szegedy et al. 2016; set 0 for the original recipe);
-bfloat16 compute.
+block; cosine decay instead of their steps at epochs 30/60/80 (set
+optim.schedule='step', optim.step_boundaries='(0.2941,0.6471,0.8824)' for those: the
+boundaries are fractions of the 85 epochs after warmup, 25/85, 55/85 and 75/85).
+Inception-style random-resized crops (Szegedy et al. 2015) + flips for training;
+resize to 256 + 224 center crop for eval. Label smoothing 0.1 (Szegedy et al. 2016;
+set 0 for the original recipe); bfloat16 compute.
 """
 
 import ml_collections
 
 from configs import common
 
-NUM_TRAIN_EXAMPLES = 1_281_167
+# data.train_split 'train[:99%]' of the 1,281,167 training images (the last 1 % is the
+# validation split): what an epoch of steps counts.
+NUM_TRAIN_EXAMPLES = 1_268_355
 
 
 def get_config():
