@@ -6,7 +6,8 @@ r"""MobileNetV2 (width 1.0) with the CIFAR stem on CIFAR-10 (TFDS).
 The CIFAR stem keeps stride 1 in the stem and in the first 24-channel row (total stride
 8, 4x4 final maps). Same optimisation recipe as configs/resnet18_cifar10.py (SGD +
 Nesterov, coupled weight decay 5e-4, warmup + cosine, crop + flip, 200 epochs), with
-the paper's dropout 0.2 before the classifier.
+the reference implementations' dropout 0.2 before the classifier (TF-slim, torchvision;
+the paper does not state one).
 """
 
 from configs import resnet18_cifar10

@@ -3,7 +3,7 @@ r"""MobileNetV2 (CIFAR stem, width 0.35) on Fashion-MNIST from local IDX files: 
   sudo apt-get install dataset-fashion-mnist
   python launch.py --config=configs/mobilenetv2_fashion_mnist.py
 
-Width multiplier 0.35 (Sandler et al. 2018, Table 6's smallest) with the CIFAR stem on
+Width multiplier 0.35 (Sandler et al. 2018, the smallest of Fig. 5) with the CIFAR stem on
 28x28x1 images. MobileNetV2 is far slower per FLOP than ResNet on a CPU (README:
 Results), so this run is kept to 2 epochs, about a quarter of an hour on 2 cores.
 Recipe of configs/resnet18_fashion_mnist.py.
