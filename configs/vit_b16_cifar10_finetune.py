@@ -45,7 +45,9 @@ def get_config():
   c.model.attention_impl = 'auto'  # 'auto' (cuDNN flash attention on a GPU in bf16/fp16,
                                   # else batched matmuls), 'matmul', 'xla' or 'cudnn'.
   c.augment.random_resized_crop_size = resolution
-  c.augment.random_resized_crop_scale = (0.08, 1.0)
+  # The original fine-tuning input pipeline's Inception crop: 5-100 % of the area
+  # (tf.image.sample_distorted_bounding_box with area_range=(0.05, 1.0)).
+  c.augment.random_resized_crop_scale = (0.05, 1.0)
   c.augment.flip = True
   c.data.eval_crop_size = resolution
   c.data.eval_resize_size = resolution
