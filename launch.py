@@ -43,15 +43,18 @@ def _cluster_detected() -> bool:
 def main(argv):
   del argv
   import jax  # pylint: disable=import-outside-toplevel
-  from train import reporting, restore, trainer  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from train import reporting, restore, run_config, trainer
   reporting.quiet_library_logs()
+  given = [f'--{name}' for name in ('checkpoint', 'split') if flags.FLAGS[name].present]
+  if _MODE.value == 'train' and given:
+    raise app.UsageError(f'{" and ".join(given)} only apply with --mode=eval (training '
+                         'resumes from the newest checkpoint); add --mode=eval to evaluate')
+  workdir = run_config.workdir_of(_WORKDIR.value, flags.FLAGS['config'].config_filename)
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif _cluster_detected():
     jax.distributed.initialize()
-  config_path = flags.FLAGS['config'].config_filename
-  name = os.path.splitext(os.path.basename(config_path))[0]
-  workdir = _WORKDIR.value or os.path.join('runs', name)
   logging.info('Process %d/%d, %d devices: %s; workdir %s', jax.process_index(),
                jax.process_count(), jax.device_count(), jax.devices()[0].platform, workdir)
   if _MODE.value == 'eval':

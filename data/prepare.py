@@ -90,8 +90,10 @@ def main(argv):
   try:
     import tensorflow  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
   except ImportError as e:
-    raise SystemExit('Preparing a TFDS dataset needs TensorFlow: `pip install tensorflow-cpu`, '
-                     'then run this command again.') from e
+    raise SystemExit(f'--dataset={_DATASET.value!r} is not one of the offline datasets '
+                     '(stardist_nuclei, neon_trees), so it is prepared through TFDS, which '
+                     'needs TensorFlow: `pip install tensorflow-cpu`, then run this command '
+                     'again (TFDS then checks the name).') from e
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   builder = tfds.builder(_DATASET.value, data_dir=_DATA_DIR.value)
   builder.download_and_prepare(file_format='array_record')

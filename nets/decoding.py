@@ -9,8 +9,8 @@ each new token costs one decoder position. Both run a fixed number of steps unde
 `lax.scan`: jit-compiled, batched, one compilation per shape.
 
 Beam search keeps the k most likely unfinished prefixes at every step; a prefix that
-ends leaves the beam for the pool of finished hypotheses, scored with the length penalty of Wu et al. 2016 ("Google's Neural
-Machine Translation System", Sec. 7):
+ends leaves the beam for the pool of finished hypotheses, scored with the length
+penalty of Wu et al. 2016 ("Google's Neural Machine Translation System", Sec. 7):
   score(Y) = log P(Y | X) / lp(Y),   lp(Y) = (5 + |Y|)^alpha / (5 + 1)^alpha,
 where |Y| counts the generated tokens including the end token. Each step ranks the
 best 2k extensions, as tensor2tensor's and Flax's beam searches do: at most k of them

@@ -371,6 +371,28 @@ def test_launch_rejects_unknown_field_and_wrong_type(tmp_path):
   assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
 
 
+def test_entry_points_refuse_bad_flags_before_any_work(tmp_path):
+  def run(entry, *args):
+    result = subprocess.run(
+        [sys.executable, *entry.split(), '--config=configs/vit_fashion_mnist.py',
+         f'--workdir={tmp_path}', *args], cwd=ROOT, capture_output=True, text=True,
+        timeout=120, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+    assert result.returncode != 0
+    return result.stderr
+  # Evaluation flags without --mode=eval would resume (and extend) the run instead.
+  assert '--checkpoint only apply with --mode=eval' in run('launch.py', '--checkpoint=2')
+  (tmp_path / 'a_file').write_text('')
+  assert 'is a file, not a run directory' in run('launch.py', f'--workdir={tmp_path}/a_file')
+  assert 'config.learning_rate must be >= 0, got -1.0' in run(
+      'launch.py', '--config.learning_rate=-1', f'--workdir={tmp_path}/run')
+  assert 'Nothing to predict' in run('-m train.predict')
+  assert 'no such file: missing.png' in run('-m train.predict', '--image=missing.png')
+  assert 'exists and is not an empty directory' in run('-m train.export', f'--out={tmp_path}')
+  assert "unknown ['foo']; valid: ['cpu', 'cuda', 'rocm', 'tpu']" in run(
+      '-m train.export', f'--out={tmp_path}/export', '--platforms=foo')
+  assert os.listdir(tmp_path) == ['a_file']  # Nothing was written.
+
+
 @pytest.mark.parametrize('config_file,overrides', [
     ('resnet18_fashion_mnist.py', {'stage_sizes': '(1, 2, 1)', 'block': 'bottleneck'}),
     ('transformer_g2p.py', {'pre_ln': 'True', 'position_encoding': 'learned',

@@ -46,6 +46,8 @@ from absl import app, flags
 
 SIGNATURE_VERSION = 1
 FILES = ('predict.jaxexport', 'variables.msgpack', 'signature.json')
+# What jax.export lowers for (--platforms).
+PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 
 
 class _RecordingDict(dict):
@@ -247,11 +249,17 @@ def main(argv):
   del argv
   from train import reporting  # pylint: disable=import-outside-toplevel
   from train.restore import Predictor  # pylint: disable=import-outside-toplevel
+  from train import run_config  # pylint: disable=import-outside-toplevel
   reporting.quiet_library_logs()
   values = flags.FLAGS
-  name = os.path.splitext(os.path.basename(values['config'].config_filename))[0]
-  predictor = Predictor(portable_config(values.config),
-                        values.workdir or os.path.join('runs', name), values.checkpoint)
+  if os.path.exists(values.out) and (not os.path.isdir(values.out) or os.listdir(values.out)):
+    raise app.UsageError(f'--out={values.out} exists and is not an empty directory; choose '
+                         'another (nothing was overwritten)')
+  unknown = sorted(set(values.platforms) - set(PLATFORMS))
+  if unknown:
+    raise app.UsageError(f'--platforms: unknown {unknown}; valid: {list(PLATFORMS)}')
+  workdir = run_config.workdir_of(values.workdir, values['config'].config_filename)
+  predictor = Predictor(portable_config(values.config), workdir, values.checkpoint)
   signature = export_run(predictor, values.out, checkpoint=values.checkpoint,
                          platforms=values.platforms or None)
   print(f'Exported {signature["model"]} ({signature["task"]}, step {signature["step"]}) to '

@@ -26,7 +26,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from train import reporting
+from train import reporting, run_config
 from train.restore import Predictor
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file of the run.',
@@ -50,9 +50,14 @@ def main(argv):
   del argv
   reporting.quiet_library_logs()
   config = _CONFIG.value
-  name = os.path.splitext(os.path.basename(flags.FLAGS['config'].config_filename))[0]
-  predictor = Predictor(config, _WORKDIR.value or os.path.join('runs', name), _CHECKPOINT.value,
-                        _AVERAGE.value)
+  if not (_TEXT.value or _IMAGE.value or _EVAL.value):
+    raise app.UsageError('Nothing to predict: give --text (seq2seq tasks), --image (image '
+                         'tasks) or --eval')
+  missing = [path for path in _IMAGE.value if not os.path.isfile(path)]
+  if missing:
+    raise app.UsageError(f'--image: no such file: {", ".join(missing)}')
+  workdir = run_config.workdir_of(_WORKDIR.value, flags.FLAGS['config'].config_filename)
+  predictor = Predictor(config, workdir, _CHECKPOINT.value, _AVERAGE.value)
   predictor.task_module.predict_cli(config, predictor.data, predictor.predict_batch,
                                     {'text': _TEXT.value, 'image': _IMAGE.value,
                                      'out': _OUT.value})

@@ -147,8 +147,8 @@ def evaluate_checkpoint(config, workdir: str, checkpoint='last', role: str = 'te
   """Evaluates one checkpoint of the run in `workdir` on eval set `role` ('validation'
   or 'test'; any dataset split through config.data.test_split / validation_split) and
   writes {step, checkpoint, role, split, metrics} to <workdir>/eval/<split>_step<N>.json
-  (`result_path`). Nothing else in `workdir` changes. Raises what Predictor raises, and ValueError for
-  an unknown `role`."""
+  (`result_path`). Nothing else in `workdir` changes. Raises what Predictor raises, and
+  ValueError for an unknown `role`."""
   if role not in ('validation', 'test'):
     raise ValueError(f"split {role!r} is not valid; choose 'validation' or 'test'")
   predictor = Predictor(config, workdir, checkpoint)

@@ -19,6 +19,15 @@ import jax
 DATA_POSITION_FIELDS = ('batch_size', 'seed', 'data.train_split', 'data.num_workers')
 
 
+def workdir_of(workdir: str | None, config_path: str) -> str:
+  """The run directory of the entry points: `workdir` (--workdir), or runs/<name of the
+  config file>. Raises ValueError when it names something other than a directory."""
+  workdir = workdir or os.path.join('runs', os.path.splitext(os.path.basename(config_path))[0])
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f'--workdir={workdir} is a file, not a run directory')
+  return workdir
+
+
 def flatten(tree: dict) -> dict:
   """A nested config dict (as JSON loads it) -> {'model.hidden_size': 64, ...}."""
   out = {}

@@ -88,6 +88,9 @@ def validate(config, num_devices: int) -> None:
     raise ValueError(f'The per-device batch ({config.batch_size} / {num_devices} devices = '
                      f'{per_device}) must be divisible by config.grad_accum_steps '
                      f'({config.grad_accum_steps})')
+  for field in ('learning_rate', 'warmup_steps'):
+    if config[field] < 0:
+      raise ValueError(f'config.{field} must be >= 0, got {config[field]}')
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ValueError('Set config.num_train_steps > 0 or config.num_epochs > 0')
   pretrained.check(config, placeholder_model)
