@@ -4,8 +4,8 @@ validation-selected checkpoints tested once, NaN, SIGTERM and SIGKILL (one and t
 processes), the vit_cifar10 config under tfds mock data, and config errors."""
 
 import copy
-import glob
 import errno
+import glob
 import json
 import os
 import re

@@ -247,9 +247,8 @@ def _define_flags() -> None:
 
 def main(argv):
   del argv
-  from train import reporting  # pylint: disable=import-outside-toplevel
+  from train import reporting, run_config  # pylint: disable=import-outside-toplevel
   from train.restore import Predictor  # pylint: disable=import-outside-toplevel
-  from train import run_config  # pylint: disable=import-outside-toplevel
   reporting.quiet_library_logs()
   values = flags.FLAGS
   if os.path.exists(values.out) and (not os.path.isdir(values.out) or os.listdir(values.out)):
