@@ -21,6 +21,8 @@ A task module defines:
                                  (spec, random host batch) for train.bench.
   predict_cli(config, data, predict_batch, inputs)
                                  what `python -m train.predict --text/--image` does.
+  PREDICT_INPUTS                 the train.predict flags predict_cli reads ('text',
+                                 'image', 'out'); others are refused.
 
 Adding a task: write tasks/<name>.py with these functions (and its data module and
 configs), then add one line to REGISTRY below.

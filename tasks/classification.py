@@ -111,6 +111,9 @@ def bench_inputs(config, image_size: int, batch_size: int, rng: np.random.Genera
   return pipeline.image_spec(num_classes, shape), batch
 
 
+PREDICT_INPUTS = ('image',)
+
+
 def predict_cli(config, data, predict_batch, inputs: dict) -> None:
   """Prints the predicted class of each --image (resized to the training size)."""
   from PIL import Image  # pylint: disable=import-outside-toplevel

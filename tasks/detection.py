@@ -183,6 +183,9 @@ def bench_inputs(config, image_size, batch_size, rng):
   return pipeline.DataSpec(spec.model_kwargs, (np.zeros((1, h, w, c), np.float32),)), batch
 
 
+PREDICT_INPUTS = ('image', 'out')
+
+
 def predict_cli(config, data, predict_batch, inputs: dict) -> None:
   """Writes, for each --image, a PNG with the detections drawn (class and score) and
   prints them as tab-separated lines: image, class, score, x0, y0, x1, y1 (pixels of

@@ -181,6 +181,9 @@ def bench_inputs(config, image_size, batch_size, rng):
   return pipeline.DataSpec(spec.model_kwargs, (np.zeros((1, h, w, c), np.float32),)), batch
 
 
+PREDICT_INPUTS = ('image', 'out')
+
+
 def predict_cli(config, data, predict_batch, inputs: dict) -> None:
   """Writes, for each --image (resized to the training images' size), a PNG of the image
   with the predicted classes overlaid and a legend (--out: a file for one image, else a folder; default <image>_pred.png)."""

@@ -164,6 +164,9 @@ def bench_inputs(config, image_size, batch_size, rng):
                            (sample, sample)), batch
 
 
+PREDICT_INPUTS = ('text',)
+
+
 def predict_cli(config, data, predict_batch, inputs: dict) -> None:
   """Prints each --text and its output, tab-separated."""
   texts = inputs.get('text', [])

@@ -389,6 +389,8 @@ def test_entry_points_refuse_bad_flags_before_any_work(tmp_path):
       'launch.py', '--config.learning_rate=-1', f'--workdir={tmp_path}/run')
   assert 'Nothing to predict' in run('-m train.predict')
   assert 'no such file: missing.png' in run('-m train.predict', '--image=missing.png')
+  assert "--text: not read by task 'classification', which reads --image" in run(
+      '-m train.predict', '--text=hello')
   assert 'exists and is not an empty directory' in run('-m train.export', f'--out={tmp_path}')
   assert "unknown ['foo']; valid: ['cpu', 'cuda', 'rocm', 'tpu']" in run(
       '-m train.export', f'--out={tmp_path}/export', '--platforms=foo')

@@ -26,6 +26,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+import tasks
 from train import reporting, run_config
 from train.restore import Predictor
 
@@ -50,6 +51,12 @@ def main(argv):
   del argv
   reporting.quiet_library_logs()
   config = _CONFIG.value
+  inputs = {'text': _TEXT.value, 'image': _IMAGE.value, 'out': _OUT.value}
+  reads = tasks.get(config.task).PREDICT_INPUTS
+  unread = [f'--{name}' for name, value in inputs.items() if value and name not in reads]
+  if unread:
+    raise app.UsageError(f'{", ".join(unread)}: not read by task {config.task!r}, which '
+                         f'reads {", ".join(f"--{name}" for name in reads)}')
   if not (_TEXT.value or _IMAGE.value or _EVAL.value):
     raise app.UsageError('Nothing to predict: give --text (seq2seq tasks), --image (image '
                          'tasks) or --eval')
@@ -58,9 +65,7 @@ def main(argv):
     raise app.UsageError(f'--image: no such file: {", ".join(missing)}')
   workdir = run_config.workdir_of(_WORKDIR.value, flags.FLAGS['config'].config_filename)
   predictor = Predictor(config, workdir, _CHECKPOINT.value, _AVERAGE.value)
-  predictor.task_module.predict_cli(config, predictor.data, predictor.predict_batch,
-                                    {'text': _TEXT.value, 'image': _IMAGE.value,
-                                     'out': _OUT.value})
+  predictor.task_module.predict_cli(config, predictor.data, predictor.predict_batch, inputs)
   if _EVAL.value:
     result = predictor.timed_eval(_SPLIT.value)
     print(json.dumps({'device': f'{jax.device_count()}x {jax.devices()[0].device_kind}',
