@@ -186,10 +186,12 @@ def load_split(config, split: str, num_scenes: int | None = None) -> FashionMnis
 def main(argv):
   """Writes one scene's image (and its label map, coloured) as PNG files."""
   del argv
-  from absl import flags  # pylint: disable=import-outside-toplevel
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
   from configs import common  # pylint: disable=import-outside-toplevel
   from tasks import overlay  # pylint: disable=import-outside-toplevel
   f = flags.FLAGS
+  if not f.out.lower().endswith('.png'):
+    raise app.UsageError(f'--out={f.out} must name a .png file')
   config = common.get_segmentation_config()
   scene = load_split(config, f.split, num_scenes=f.index + 1).scene(f.index)
   Image.fromarray(scene['image'][..., 0]).save(f.out)

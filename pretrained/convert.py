@@ -51,9 +51,9 @@ def convert(format_name: str, weights: str, model_name: str, out: str,
   if not fmt.supports(model_name):
     raise ValueError(f'Format {format_name!r} ({fmt.DESCRIPTION}) cannot fill model '
                      f'{model_name!r}')
-  if os.path.exists(out) and os.listdir(out):
-    raise FileExistsError(f'{os.path.abspath(out)} exists and is not empty; choose another '
-                          '--out (nothing was overwritten)')
+  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+    raise FileExistsError(f'{os.path.abspath(out)} exists and is not an empty directory; '
+                          'choose another --out (nothing was overwritten)')
   start = time.perf_counter()
   tensors = fmt.read(weights)
   read_s = time.perf_counter() - start

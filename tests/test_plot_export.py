@@ -93,6 +93,15 @@ def test_default_metrics_and_epochs_of_hand_written_rows(tmp_path):
   np.testing.assert_allclose(points['validation'][0], [1.0])
   np.testing.assert_allclose(points['test'], [[0.5], [0.35]])
   assert plot.run_labels(['a/x', 'b/x/']) == ['a/x', 'b/x']  # Same basename: the paths.
+  # A live run's row half written: skipped; a broken line before the last: an error.
+  with open(os.path.join(directory, 'metrics.jsonl'), 'a', encoding='utf-8') as f:
+    f.write('{"step": 30, "split": "tra')
+  keys = lambda rows: [(r['step'], r['split']) for r in rows]
+  assert keys(plot.read_run(directory)) == keys(rows)
+  with open(os.path.join(directory, 'metrics.jsonl'), 'a', encoding='utf-8') as f:
+    f.write('\n' + json.dumps(rows[0]) + '\n')
+  with pytest.raises(ValueError, match=r'metrics.jsonl:5 is not valid JSON'):
+    plot.read_run(directory)
 
 
 def test_plot_errors_name_the_problem(run, tmp_path):

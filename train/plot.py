@@ -48,7 +48,9 @@ def read_run(run_dir: str) -> list[dict]:
 
   Raises:
     FileNotFoundError: `run_dir` or its metrics.jsonl does not exist (named).
-    ValueError: a line is not JSON, lacks 'step' / 'split', or the file has no rows.
+    ValueError: a line is not JSON, lacks 'step' / 'split', or the file has no rows. A
+      last line without its newline that is not JSON is a row being written by a live
+      run: skipped.
   """
   path = os.path.join(run_dir, 'metrics.jsonl')
   if not os.path.isdir(run_dir):
@@ -64,6 +66,8 @@ def read_run(run_dir: str) -> list[dict]:
       try:
         row = json.loads(line)
       except json.JSONDecodeError as e:
+        if not line.endswith('\n'):  # The last line, still being written.
+          break
         raise ValueError(f'{path}:{number} is not valid JSON ({e})') from None
       if 'step' not in row or 'split' not in row:
         raise ValueError(f"{path}:{number} has no 'step' or 'split': {line.strip()[:200]}")
