@@ -22,11 +22,11 @@ PNG = b'\x89PNG\r\n\x1a\n'
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
   """A 4-step run: train rows at steps 2 and 4, validation at 2 and 4 (48 training
-  examples, batch 16: epochs 2/3 and 4/3), one checkpoint (step 4), tested."""
+  examples, batch 16: epochs 2/3 and 4/3), checkpoints where validated, tested."""
   config = tiny_config(make_fashion_mnist_dir(str(tmp_path_factory.mktemp('fmnist'))))
   config.num_train_steps = 4
   config.log_every_steps = config.eval_every_steps = 2
-  config.checkpoint_every_steps = 0  # The last step only: each save costs seconds here.
+  config.checkpoint_every_steps = 0  # Only where validated: each save costs seconds here.
   workdir = str(tmp_path_factory.mktemp('runs') / 'tiny')
   trainer.run(config, workdir)
   return config, workdir
@@ -288,3 +288,8 @@ def test_timed_eval_of_a_classifier_reports_its_accuracy(run):
     tested = json.load(f)['test']
   assert result['examples'] == 36 and result['examples_per_s'] > 0
   assert result['top1'] == pytest.approx(tested['top1'])
+  # An eval set the config lacks is named before the checkpoint is restored.
+  config = config.copy_and_resolve_references()
+  config.data.validation_split = ''
+  with pytest.raises(ValueError, match=r"No 'validation' split in this config; valid: \['test'\]"):
+    restore.Predictor(config, workdir, roles=('validation',))

@@ -64,7 +64,8 @@ def main(argv):
   if missing:
     raise app.UsageError(f'--image: no such file: {", ".join(missing)}')
   workdir = run_config.workdir_of(_WORKDIR.value, flags.FLAGS['config'].config_filename)
-  predictor = Predictor(config, workdir, _CHECKPOINT.value, _AVERAGE.value)
+  predictor = Predictor(config, workdir, _CHECKPOINT.value, _AVERAGE.value,
+                        roles=(_SPLIT.value,) if _EVAL.value else ())
   predictor.task_module.predict_cli(config, predictor.data, predictor.predict_batch, inputs)
   if _EVAL.value:
     result = predictor.timed_eval(_SPLIT.value)

@@ -35,13 +35,17 @@ class Predictor:
       has validation metrics, as training picks the one it tests) or a step number.
     average_last: > 1 averages the params of that many newest checkpoints instead
       (Vaswani et al. 2017, Sec. 6.1); only with checkpoint='last'.
+    roles: the eval sets the caller will evaluate ('validation', 'test'), checked
+      before anything is restored.
   Raises:
     FileNotFoundError: `workdir` has no checkpoints.
-    ValueError: bad config fields, an unknown `checkpoint`, a step that was not saved.
+    ValueError: bad config fields, an unknown `checkpoint`, a step that was not saved,
+      a role the config has no split for.
     checkpoint.CheckpointMismatchError, checkpoint.CheckpointReadError.
   """
 
-  def __init__(self, config, workdir: str, checkpoint='last', average_last: int = 1):
+  def __init__(self, config, workdir: str, checkpoint='last', average_last: int = 1,
+               roles=()):
     directory = os.path.join(workdir, 'checkpoints')
     if not os.path.isdir(directory) or not any(n.isdigit() for n in os.listdir(directory)):
       raise FileNotFoundError(f'No checkpoints in {os.path.abspath(directory)}; train first: '
@@ -58,6 +62,8 @@ class Predictor:
     trainer.validate(config, engine.num_devices)
     self.task_module = tasks.get(config.task)
     self.data = self.task_module.build_data(config)
+    for role in roles:
+      self.check_role(role)
     total_steps = trainer.total_train_steps(config, self.data.num_train_examples)
     self.model, self.task, _, _, init_fn = trainer.build_components(
         config, total_steps, self.data.spec, engine.axis_name)
@@ -151,7 +157,7 @@ def evaluate_checkpoint(config, workdir: str, checkpoint='last', role: str = 'te
   ValueError for an unknown `role`."""
   if role not in ('validation', 'test'):
     raise ValueError(f"split {role!r} is not valid; choose 'validation' or 'test'")
-  predictor = Predictor(config, workdir, checkpoint)
+  predictor = Predictor(config, workdir, checkpoint, roles=(role,))
   metrics = predictor.evaluate(role)
   result = {'step': predictor.step, 'checkpoint': str(checkpoint), 'role': role,
             'split': predictor.data.eval_splits[role], 'metrics': metrics}
