@@ -98,6 +98,8 @@ def test_resume_equals_uninterrupted_and_logs_each_step_once(six_step_runs, capl
   _assert_same_params(_params(full, 6), _params(split, 6))
   assert 'Resuming at step 3 with changed config fields: num_train_steps: 3 -> 6' in caplog.text
   assert _rows(split, 'config_changes.jsonl')[0]['changes'] == {'num_train_steps': [3, 6]}
+  # The 3-step run's final metrics are kept under their step, not left as the final ones.
+  assert json.loads(open(os.path.join(split, 'final_metrics_step3.json')).read())['step'] == 3
   # Both runs logged the same train and validation rows, each once, in order; the
   # split run also tested its end at step 3 (each run tests once, when it completes).
   keys = lambda rows, splits: [(r['step'], r['split']) for r in rows if r['split'] in splits]

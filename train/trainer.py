@@ -96,6 +96,21 @@ def validate(config, num_devices: int) -> None:
   pretrained.check(config, placeholder_model)
 
 
+def _set_aside_final_metrics(workdir: str) -> None:
+  """Renames the final_metrics.json of a finished run that trains on (more steps) to
+  final_metrics_step<N>.json, so that until this run ends no final_metrics.json
+  describes another step; nothing is deleted. Process 0 only."""
+  path = os.path.join(workdir, 'final_metrics.json')
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return
+  with open(path, encoding='utf-8') as f:
+    old_step = json.load(f).get('step', 'unknown')
+  kept = os.path.join(workdir, f'final_metrics_step{old_step}.json')
+  os.replace(path, kept)
+  logging.info('The run trains on past its end at step %s: its final metrics are now in %s.',
+               old_step, kept)
+
+
 def evaluate(state, engine, data, role: str, eval_step=None, evaluators=()) -> dict:
   """Exact metrics over the whole eval split `role` ('validation' or 'test'), in one
   pass: the eval step's (sum, count) pairs divided on the host (skipped when
@@ -248,6 +263,8 @@ def run(config, workdir: str) -> dict:
                     'Resuming' if restored is not None else 'Starting', step,
                     run_config.describe(changes))
   run_config.record(workdir, config, step, changes)
+  if step < total_steps:
+    _set_aside_final_metrics(workdir)
 
   writer = reporting.MetricWriter(workdir, step)
   total, table = state_lib.count_params(abstract.params)
