@@ -121,7 +121,7 @@ def test_converts_a_timm_file_then_fine_tunes_from_it_under_tfds_mock_data(tmp_p
       loaded['pos_embedding'], (8, 8)), rtol=1e-6)
   assert 'reinitialised params/head/kernel: checkpoint [24, 7], model [24, 10]' in caplog.text
   assert 'resized params/pos_embedding from a 4^2 to a 8^2 grid' in caplog.text
-  with pytest.raises(FileExistsError, match='not empty'):
+  with pytest.raises(FileExistsError, match='exists and is not an empty directory'):
     convert.convert('timm_vit', str(tmp_path / 'timm.pth'), 'vit_custom', out, sizes)
 
 
