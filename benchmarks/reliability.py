@@ -24,6 +24,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags
 
+# Imported before anything here computes with JAX: the `train` package sets the XLA
+# flags launch.py runs with, so that the in-process run compiles as the subprocesses
+# do (otherwise its convolutions go to YNNPACK and its parameters differ in the last
+# bits from an uninterrupted launch.py run).
+import train  # noqa: F401  pylint: disable=unused-import
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STEPS = flags.DEFINE_integer('steps', 300, 'Train steps of every run.')
 _DIR = flags.DEFINE_string('root', '/tmp/reliability', 'Where the runs go (emptied first).')
