@@ -37,7 +37,7 @@ from absl import logging
 import nets
 from nets import vit
 from pretrained import mapping, run
-from train import parallel
+from train import parallel, run_config
 
 # Format name -> module (imported when used: the readers' optional dependencies such
 # as torch load only for their own format).
@@ -48,9 +48,6 @@ FORMATS = {
 }
 INFO_FILE = 'pretrained.json'
 VARIABLES_DIR = 'variables'
-# Top-level modules that are initialised afresh when their shapes differ (a new task's
-# classifier) or the weights have none (a file saved without its classifier).
-REINITIALISED = mapping.HEADS
 # Model fields a converted checkpoint may differ in: handled by `merge`.
 ADAPTED_FIELDS = ('num_classes', 'image_size')
 
@@ -122,9 +119,7 @@ def check(config, model) -> None:
 def save(directory: str, variables: dict, info: dict) -> None:
   """Writes converted `variables` ({'params': ..., 'batch_stats': ...?} numpy) and
   `info` to `directory`, which must not exist yet (nothing is overwritten)."""
-  if os.path.exists(directory) and os.listdir(directory):
-    raise FileExistsError(f'{os.path.abspath(directory)} exists and is not empty; choose '
-                          'another --out (nothing was overwritten)')
+  run_config.require_new_directory(directory)
   os.makedirs(directory, exist_ok=True)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.abspath(os.path.join(directory, VARIABLES_DIR)), variables)
@@ -172,12 +167,12 @@ def _decide(path: tuple, saved_shape: tuple, model_shape: tuple) -> str:
   if (path[-1] == 'pos_embedding' and len(saved_shape) == len(model_shape) == 3
       and saved_shape[::2] == model_shape[::2]):  # Another grid of the same width.
     return 'resize'
-  return 'reinit' if len(path) > 1 and path[1] in REINITIALISED else ''
+  return 'reinit' if len(path) > 1 and path[1] in mapping.HEADS else ''
 
 
 def _headless(path: tuple, theirs: dict) -> bool:
   """Whether `path` is in a head module of which the loaded weights have nothing."""
-  return (len(path) > 1 and path[1] in REINITIALISED
+  return (len(path) > 1 and path[1] in mapping.HEADS
           and not any(p[1:2] == path[1:2] for p in theirs))
 
 
@@ -214,7 +209,7 @@ def _target(ours: dict, theirs: dict, into: tuple, source: str) -> tuple[dict, d
   placed, left_out = {}, set()
   for path, value in theirs.items():
     moved = (path[0], *into, *path[1:])
-    if moved not in target and path[1] in REINITIALISED:
+    if moved not in target and path[1] in mapping.HEADS:
       left_out.add(path[1])
     else:
       placed[moved] = value

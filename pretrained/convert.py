@@ -26,6 +26,7 @@ from absl import app, flags, logging
 
 import nets
 import pretrained
+from train import run_config
 from train import state as state_lib
 
 _FORMAT = flags.DEFINE_enum('format', None, list(pretrained.FORMATS), 'Source format.')
@@ -51,9 +52,7 @@ def convert(format_name: str, weights: str, model_name: str, out: str,
   if not fmt.supports(model_name):
     raise ValueError(f'Format {format_name!r} ({fmt.DESCRIPTION}) cannot fill model '
                      f'{model_name!r}')
-  if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-    raise FileExistsError(f'{os.path.abspath(out)} exists and is not an empty directory; '
-                          'choose another --out (nothing was overwritten)')
+  run_config.require_new_directory(out)
   start = time.perf_counter()
   tensors = fmt.read(weights)
   read_s = time.perf_counter() - start

@@ -251,9 +251,7 @@ def main(argv):
   from train.restore import Predictor  # pylint: disable=import-outside-toplevel
   reporting.quiet_library_logs()
   values = flags.FLAGS
-  if os.path.exists(values.out) and (not os.path.isdir(values.out) or os.listdir(values.out)):
-    raise app.UsageError(f'--out={values.out} exists and is not an empty directory; choose '
-                         'another (nothing was overwritten)')
+  run_config.require_new_directory(values.out)
   unknown = sorted(set(values.platforms) - set(PLATFORMS))
   if unknown:
     raise app.UsageError(f'--platforms: unknown {unknown}; valid: {list(PLATFORMS)}')

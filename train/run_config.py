@@ -1,4 +1,6 @@
-"""The run's resolved config in its workdir, and what changed at a restart.
+"""The run's resolved config in its workdir, and what changed at a restart; and the
+entry points' checks of the directories they are given (`workdir_of`,
+`require_new_directory`).
 
 <workdir>/config.json holds the config of the latest start that passed the checkpoint
 check (written at the first start); each restart with changed fields appends
@@ -26,6 +28,15 @@ def workdir_of(workdir: str | None, config_path: str) -> str:
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f'--workdir={workdir} is a file, not a run directory')
   return workdir
+
+
+def require_new_directory(path: str) -> None:
+  """For an output directory that must not hold anything yet (--out of pretrained.convert
+  and train.export). Raises FileExistsError when `path` is a file or a non-empty
+  directory; nothing is overwritten."""
+  if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+    raise FileExistsError(f'{os.path.abspath(path)} exists and is not an empty directory; '
+                          'choose another --out (nothing was overwritten)')
 
 
 def flatten(tree: dict) -> dict:
