@@ -18,8 +18,9 @@ hands to a thread pool after its event ends is in no event: XLA's CPU backend ru
 own (Eigen) convolutions that way, so for a convolution-heavy step (ResNet) most of the
 convolution time shows up only as the "in no operation's event" row.
 
---torch prints the same breakdown for the PyTorch twin of a CNN config
-(`benchmarks.torch_cnn`), from `torch.profiler`: self CPU time per ATen operation,
+--torch prints the same breakdown for the PyTorch twin of the config's model
+(`benchmarks.torch_cnn` for ResNets and MobileNetV2, `benchmarks.torch_vit` for ViTs), from
+`torch.profiler`: self CPU time per ATen operation,
 convolutions split by weight shape (depthwise k x k, 1 x 1, dense k x k).
 """
 
@@ -49,8 +50,10 @@ def define_flags() -> None:
   flags.DEFINE_enum('group', 'layer', ['layer', 'op'], 'Sum by layer, or by layer and primitive.')
   flags.DEFINE_string('trace_dir', None, 'Keep the trace here (TensorBoard/Perfetto); '
                       'default: a temporary directory.')
-  flags.DEFINE_bool('torch', False, 'Profile the PyTorch twin (benchmarks.torch_cnn) instead.')
-  flags.DEFINE_integer('image_size', 28, 'Input side for --torch.')
+  flags.DEFINE_bool('torch', False, 'Profile the PyTorch twin (benchmarks.torch_cnn or '
+                    'torch_vit) instead.')
+  flags.DEFINE_integer('image_size', 28, 'Input side for --torch (CNNs; a ViT uses its '
+                       'model.image_size).')
   flags.mark_flags_as_required(['config'])
 
 
@@ -173,8 +176,12 @@ def profile_torch(config, steps: int, image_size: int) -> collections.Counter:
   """Self CPU time per step of each ATen operation in `steps` steps of the PyTorch twin
   (after two warm-up steps); convolution operations get their `conv_kind`."""
   import torch  # The PyTorch peer baseline only.
-  from benchmarks import torch_cnn
-  step, _, _ = torch_cnn.make_step(config, image_size, False, torch.device('cpu'))
+  if config.model.name.startswith('vit'):
+    from benchmarks import torch_vit
+    step, _, _ = torch_vit.make_step(config, torch.device('cpu'))
+  else:
+    from benchmarks import torch_cnn
+    step, _, _ = torch_cnn.make_step(config, image_size, False, torch.device('cpu'))
   for _ in range(2):
     step()
   with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],

@@ -22,11 +22,14 @@ from torch import nn
 
 from benchmarks import torch_timing
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
-_STEPS = flags.DEFINE_integer('steps', 30, 'Timed steps (after warm-up steps).')
-_DEVICE = flags.DEFINE_string('device', 'cuda' if torch.cuda.is_available() else 'cpu',
-                              'torch device.')
-flags.mark_flags_as_required(['config'])
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+  flags.DEFINE_integer('steps', 30, 'Timed steps (after warm-up steps).')
+  flags.DEFINE_string('device', 'cuda' if torch.cuda.is_available() else 'cpu', 'torch device.')
+  flags.mark_flags_as_required(['config'])
 
 
 class TorchViT(nn.Module):
@@ -59,11 +62,11 @@ class TorchViT(nn.Module):
     return self.head(self.norm(self.encoder(x))[:, 0])
 
 
-def main(argv):
-  del argv
-  c = _CONFIG.value
-  m = c.model
-  device = torch.device(_DEVICE.value)
+def make_step(config, device: torch.device):
+  """One train step of the twin of config.model on a fixed random batch: (step, model,
+  bf16), `step()` running forward, cross entropy, backward, clipping and the AdamW
+  update (bfloat16 autocast when the config computes in bfloat16 on CUDA)."""
+  c, m = config, config.model
   model = TorchViT(m.image_size, m.patch_size, m.num_channels, m.hidden_size, m.num_layers,
                    m.mlp_dim, m.num_heads, 10, tuple(m.get('conv_stem', ())),
                    m.get('approximate_gelu', True)).to(device)
@@ -80,9 +83,17 @@ def main(argv):
     nn.utils.clip_grad_norm_(model.parameters(), c.optim.grad_clip_norm)
     opt.step()
 
-  step_s = torch_timing.seconds_per_step(step, _STEPS.value, 3, device)
+  return step, model, bf16
+
+
+def main(argv):
+  del argv
+  c, device = FLAGS.config, torch.device(FLAGS.device)
+  step, model, bf16 = make_step(c, device)
+  step_s = torch_timing.seconds_per_step(step, FLAGS.steps, 3, device)
   print(torch_timing.result_line(step_s, c.batch_size, 'vit', model, device, bf16))
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -71,3 +71,17 @@ def test_torch_convolution_kinds_from_input_shapes():
   assert profile_step.conv_kind('aten::mkldnn_convolution', [[8, 48, 7, 7], [96, 48, 1, 1]]) \
       == '1x1'
   assert profile_step.conv_kind('aten::mkldnn_convolution', [[8, 48]]) == ''
+
+
+def test_torch_profile_of_each_model_family_twin():
+  """--torch profiles the config's own twin: torch_vit for a ViT, torch_cnn for a CNN."""
+  from configs import resnet18_fashion_mnist, vit_fashion_mnist
+  vit = vit_fashion_mnist.get_config()
+  vit.batch_size = 4
+  totals = profile_step.profile_torch(vit, steps=1, image_size=28)
+  assert any('scaled_dot_product' in op for op in totals), sorted(totals)[:20]
+  cnn = resnet18_fashion_mnist.get_config()
+  cnn.batch_size = 4
+  totals = profile_step.profile_torch(cnn, steps=1, image_size=28)
+  assert any(op.endswith(' 3x3') for op in totals), sorted(totals)[:20]
+  assert not any('scaled_dot_product' in op for op in totals)
