@@ -9,8 +9,8 @@ Any config field can be overridden with --config.FIELD=VALUE. Runs resume from t
 checkpoints in --workdir. --mode=eval evaluates one checkpoint on the whole --split
 eval set (any dataset split via --config.data.test_split=...) and writes
 <workdir>/eval/<split>_step<N>.json; it creates, moves or changes nothing else.
-Multi-process (multi-host) jobs are detected from SLURM / Open MPI / JAX coordinator
-variables, or asked for with --coordinator_address.
+Multi-process (multi-host) jobs are detected from srun / mpirun / JAX coordinator
+variables (train.parallel.launcher_detected), or asked for with --coordinator_address.
 """
 
 import os
@@ -33,18 +33,11 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process index.')
 flags.mark_flags_as_required(['config'])
 
 
-def _cluster_detected() -> bool:
-  """True under a multi-process launcher jax.distributed can auto-detect."""
-  env = os.environ
-  return (int(env.get('SLURM_NTASKS', '1')) > 1 or int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
-          or 'JAX_COORDINATOR_ADDRESS' in env)
-
-
 def main(argv):
   del argv
   import jax  # pylint: disable=import-outside-toplevel
   # pylint: disable-next=import-outside-toplevel
-  from train import reporting, restore, run_config, trainer
+  from train import parallel, reporting, restore, run_config, trainer
   reporting.quiet_library_logs()
   given = [f'--{name}' for name in ('checkpoint', 'split') if flags.FLAGS[name].present]
   if _MODE.value == 'train' and given:
@@ -53,7 +46,7 @@ def main(argv):
   workdir = run_config.workdir_of(_WORKDIR.value, flags.FLAGS['config'].config_filename)
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  elif _cluster_detected():
+  elif parallel.launcher_detected(os.environ):
     jax.distributed.initialize()
   logging.info('Process %d/%d, %d devices: %s; workdir %s', jax.process_index(),
                jax.process_count(), jax.device_count(), jax.devices()[0].platform, workdir)

@@ -88,3 +88,16 @@ def test_batch_not_divisible_by_devices():
     parallel.check_batch_size('config.batch_size', 100, 8)
   with pytest.raises(ValueError, match="valid: \\['jit', 'pmap'\\]"):
     parallel.build('pjit')
+
+
+def test_multi_process_launchers_detected_from_the_environment(caplog):
+  detected = parallel.launcher_detected
+  assert not detected({})
+  assert not detected({'SLURM_NTASKS': '1', 'SLURM_STEP_NODELIST': 'node1'})
+  assert detected({'SLURM_NTASKS': '4', 'SLURM_STEP_NODELIST': 'node[1-4]'})  # srun step.
+  assert detected({'OMPI_COMM_WORLD_SIZE': '2'}) and not detected({'OMPI_COMM_WORLD_SIZE': '1'})
+  assert detected({'JAX_COORDINATOR_ADDRESS': 'host0:1234'})
+  # An sbatch script running launch.py itself: one process, not a job to wait for.
+  with caplog.at_level('WARNING'):
+    assert not detected({'SLURM_NTASKS': '4', 'SLURM_JOB_NODELIST': 'node[1-4]'})
+  assert 'not started by srun' in caplog.text and 'run 4 processes' in caplog.text

@@ -15,6 +15,7 @@ import functools
 
 import jax
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -155,6 +156,29 @@ class PmapEngine:
       local = replica(x)
       return jax.device_put(np.broadcast_to(local, (n,) + local.shape), self._stacked)
     return jax.tree.map(stack, state)
+
+
+def launcher_detected(environ) -> bool:
+  """Whether this process was started, with others, by a launcher whose job
+  `jax.distributed.initialize()` reads without arguments: an `srun` step of more than
+  one task (SLURM), `mpirun` with more than one rank (Open MPI), or
+  JAX_COORDINATOR_ADDRESS set. `environ`: the process environment (a mapping).
+
+  An `sbatch` script that runs launch.py directly, without `srun`, also has
+  SLURM_NTASKS > 1 but no step (SLURM_STEP_NODELIST, which JAX's SLURM detection reads):
+  there is only this one process, so it runs alone, with a warning, instead of waiting
+  for tasks no one started.
+  """
+  if 'JAX_COORDINATOR_ADDRESS' in environ:
+    return True
+  tasks = int(environ.get('SLURM_NTASKS', '1'))
+  if tasks > 1:
+    if 'SLURM_STEP_NODELIST' in environ:
+      return True
+    logging.warning('SLURM_NTASKS=%d, but this process was not started by srun (no '
+                    'SLURM_STEP_NODELIST): running it alone; start launch.py with srun to '
+                    'run %d processes.', tasks, tasks)
+  return int(environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1
 
 
 def build(name: str, devices=None):
