@@ -166,8 +166,8 @@ def launcher_detected(environ) -> bool:
 
   An `sbatch` script that runs launch.py directly, without `srun`, also has
   SLURM_NTASKS > 1 but no step (SLURM_STEP_NODELIST, which JAX's SLURM detection reads):
-  there is only this one process, so it runs alone, with a warning, instead of waiting
-  for tasks no one started.
+  there is only this one process, and jax.distributed.initialize() would find no job
+  and stop ('coordinator_address should be defined'), so it runs alone, with a warning.
   """
   if 'JAX_COORDINATOR_ADDRESS' in environ:
     return True
