@@ -38,7 +38,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from train import bench
+from train import bench, run_config
 
 FLAGS = flags.FLAGS
 
@@ -209,4 +209,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=run_config.parse_flags)

@@ -32,7 +32,7 @@ from ml_collections import config_flags
 from configs import unetpp_fashion_mnist_scenes
 from data import scenes, transforms
 from tasks import confusion
-from train import reporting
+from train import reporting, run_config
 from train.restore import Predictor
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config of the classifier run.',
@@ -144,4 +144,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=run_config.parse_flags)

@@ -22,7 +22,7 @@ from absl import app, flags
 
 from nets import unet
 from tasks import common
-from train import predict, reporting  # Defines --config, --workdir and --split.
+from train import predict, reporting, run_config  # Defines --config, --workdir and --split.
 from train.restore import Predictor
 
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed predictions of one batch per level.')
@@ -68,4 +68,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=run_config.parse_flags)

@@ -187,4 +187,5 @@ if __name__ == '__main__':
   flags.DEFINE_integer('max_examples', 0, 'Training examples to read (0: all).')
   flags.DEFINE_integer('seed', 0, 'k-means++ seed.')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  from train import run_config  # pylint: disable=import-outside-toplevel
+  app.run(main, flags_parser=run_config.parse_flags)

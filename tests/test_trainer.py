@@ -370,6 +370,9 @@ def test_launch_rejects_unknown_field_and_wrong_type(tmp_path):
   result = _launch('--config.learning_rat=0.1', f'--workdir={tmp_path}')
   assert result.returncode != 0
   assert 'learning_rat' in result.stderr and 'Did you mean "learning_rate"' in result.stderr
+  # One flag error (run_config.parse_flags), not ml_collections' traceback.
+  assert 'FATAL Flags parsing error: the config has no field' in result.stderr
+  assert 'Traceback' not in result.stderr
   result = _launch('--config.batch_size=many', f'--workdir={tmp_path}')
   assert result.returncode != 0 and 'batch_size' in result.stderr
   assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))

@@ -17,7 +17,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import tasks
-from train import parallel, trainer
+from train import parallel, run_config, trainer
 
 FLAGS = flags.FLAGS
 
@@ -97,4 +97,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=run_config.parse_flags)

@@ -266,4 +266,5 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  from train import run_config  # pylint: disable=import-outside-toplevel
+  app.run(main, flags_parser=run_config.parse_flags)

@@ -1,6 +1,6 @@
 """The run's resolved config in its workdir, and what changed at a restart; and the
-entry points' checks of the directories they are given (`workdir_of`,
-`require_new_directory`).
+entry points' checks of their command line (`parse_flags`) and of the directories they
+are given (`workdir_of`, `require_new_directory`).
 
 <workdir>/config.json holds the config of the latest start that passed the checkpoint
 check (written at the first start); each restart with changed fields appends
@@ -10,15 +10,34 @@ Only process 0 writes.
 
 import json
 import os
+import sys
 import time
 
 import jax
+from absl import app
 
 # Fields that give the training data position a checkpoint saves its meaning: Grain
 # saves the number of batches read from the (seeded) shuffled order, per worker
 # process, so under another value a resumed run would skip or repeat examples. A
 # restart that changes one of them is refused (trainer.run).
 DATA_POSITION_FIELDS = ('batch_size', 'seed', 'data.train_split', 'data.num_workers')
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """The flags parser of the entry points with a --config flag: `app.run(main,
+  flags_parser=run_config.parse_flags)`. absl's own (app.parse_flags_with_usage), except
+  that an override naming a field the config does not have (--config.learning_rat=0.1)
+  ends like any other flag error, on one message with ml_collections' "Did you mean"
+  hint and exit status 1, where absl would print ml_collections' KeyError/AttributeError
+  as a traceback. Returns the arguments left after the flags."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    hint = e  # ml_collections wraps a KeyError(message) in an AttributeError.
+    while isinstance(hint, BaseException) and hint.args:
+      hint = hint.args[0]
+    sys.stderr.write(f'FATAL Flags parsing error: the config has no field {hint}\n')
+    sys.exit(1)
 
 
 def workdir_of(workdir: str | None, config_path: str) -> str:
