@@ -376,6 +376,13 @@ def test_launch_rejects_unknown_field_and_wrong_type(tmp_path):
   result = _launch('--config.batch_size=many', f'--workdir={tmp_path}')
   assert result.returncode != 0 and 'batch_size' in result.stderr
   assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
+  # A config file's own AttributeError is no misspelt override: its traceback is kept.
+  broken = tmp_path / 'broken_config.py'
+  broken.write_text('import ml_collections\n\ndef get_config():\n'
+                    '  return ml_collections.ConfigDict().not_a_field\n')
+  result = _launch(f'--config={broken}', f'--workdir={tmp_path}')
+  assert result.returncode != 0 and 'Traceback' in result.stderr
+  assert 'not_a_field' in result.stderr and 'the config has no field' not in result.stderr
 
 
 def test_entry_points_refuse_bad_flags_before_any_work(tmp_path):

@@ -36,6 +36,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     hint = e  # ml_collections wraps a KeyError(message) in an AttributeError.
     while isinstance(hint, BaseException) and hint.args:
       hint = hint.args[0]
+    field = str(hint).split('\n', 1)[0].strip("'")
+    if not any(arg.startswith('--config.') and field in arg for arg in argv):
+      raise  # Not an override's field: an error of the config file itself, say.
     sys.stderr.write(f'FATAL Flags parsing error: the config has no field {hint}\n')
     sys.exit(1)
 
