@@ -10,8 +10,10 @@ X^{0,1..depth} (deep supervision; only X^{0,depth} with --nodeep_supervision), f
 nets.unet.scaled_filters(FILTERS, width). Its parameter count equals the JAX model's
 (checked for widths 1, 0.25, 0.125 x depths 1, 2, 4, deep supervision on and off, 3
 channels, 2 classes: 9,046,056 at width 1, depth 4). One train step = forward, loss = mean
-over the heads of the per-pixel softmax cross entropy, backward, Adam update. Tensors are
-channels_last.
+over the heads of the per-pixel softmax cross entropy, backward, global-norm gradient
+clipping and the AdamW update with weight decay on the convolution kernels only, as
+configs/unetpp_fashion_mnist_scenes.py trains (optax: no decay on biases or norm
+scales; the flags' defaults are that config's values). Tensors are channels_last.
 
 On a CPU shared with other busy processes, torch's OpenMP threads can stall each other:
 with the 2 cores loaded, --threads=1 ran the width-0.125, batch-2, 32x32 step in 46 ms
@@ -38,6 +40,9 @@ _DEEP_SUPERVISION = flags.DEFINE_bool('deep_supervision', True, 'Heads on X^{0,1
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after warm-up steps).')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed warm-up steps.')
 _DEVICE = flags.DEFINE_string('device', 'cpu', 'torch device.')
+_LEARNING_RATE = flags.DEFINE_float('learning_rate', 3e-3, 'AdamW learning rate.')
+_WEIGHT_DECAY = flags.DEFINE_float('weight_decay', 1e-4, 'AdamW weight decay (kernels only).')
+_GRAD_CLIP_NORM = flags.DEFINE_float('grad_clip_norm', 1.0, 'Global gradient norm clip; 0: off.')
 _THREADS = flags.DEFINE_integer('threads', 0, 'torch.set_num_threads; 0 keeps torch\'s default.')
 
 
@@ -99,7 +104,10 @@ def main(argv):
   model = build()
   batch, size, classes = _BATCH_SIZE.value, _IMAGE_SIZE.value, _NUM_CLASSES.value
   device = torch.device(_DEVICE.value)
-  opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+  kernels = [p for p in model.parameters() if p.ndim > 1]
+  others = [p for p in model.parameters() if p.ndim <= 1]
+  opt = torch.optim.AdamW([{'params': kernels, 'weight_decay': _WEIGHT_DECAY.value},
+                           {'params': others, 'weight_decay': 0.0}], lr=_LEARNING_RATE.value)
   x = torch.randn(batch, _CHANNELS.value, size, size, device=device)
   y = torch.randint(0, classes, (batch, size, size), device=device)
   model = model.to(device).to(memory_format=torch.channels_last)
@@ -110,6 +118,8 @@ def main(argv):
     heads = model(x)
     loss = sum(nn.functional.cross_entropy(h, y) for h in heads) / len(heads)
     loss.backward()
+    if _GRAD_CLIP_NORM.value:
+      nn.utils.clip_grad_norm_(model.parameters(), _GRAD_CLIP_NORM.value)
     opt.step()
 
   step_s = torch_timing.seconds_per_step(step, _STEPS.value, _WARMUP.value, device)
