@@ -119,24 +119,16 @@ def _classifier_step(net, wrap, config, device, image_size, num_classes, channel
   """A train step of image classifier `net` (run through `wrap`: identity or
   torch.compile) on one random batch, bf16 autocast."""
   import torch  # pylint: disable=import-outside-toplevel
+  from benchmarks import torch_timing  # pylint: disable=import-outside-toplevel
   b = config.batch_size
   fmt = torch.channels_last if channels_last else torch.contiguous_format
   net = net.to(device, memory_format=fmt)
-  forward = wrap(net)
   x = torch.randn(b, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
   y = torch.randint(0, num_classes, (b,), device=device)
-  opt = _torch_optimizer(config, net.parameters())
-  loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-
-  def step():
-    opt.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16):
-      loss = loss_fn(forward(x), y)
-    loss.backward()
-    if config.optim.grad_clip_norm > 0:
-      torch.nn.utils.clip_grad_norm_(net.parameters(), config.optim.grad_clip_norm)
-    opt.step()
-  return step
+  return torch_timing.classification_step(
+      net, _torch_optimizer(config, net.parameters()), x, y, bf16=True,
+      clip_norm=max(config.optim.grad_clip_norm, 0.0), label_smoothing=config.label_smoothing,
+      forward=wrap(net))
 
 
 def _with_compile(name, build, torch_compile: bool):

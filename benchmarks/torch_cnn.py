@@ -130,15 +130,7 @@ def make_step(config, image_size: int, channels_last: bool, device: torch.device
     model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
   torch.backends.cudnn.benchmark = True
   bf16 = c.compute_dtype == 'bfloat16' and device.type == 'cuda'
-
-  def step():
-    opt.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-      loss = nn.functional.cross_entropy(model(x), y)
-    loss.backward()
-    opt.step()
-
-  return step, model, bf16
+  return torch_timing.classification_step(model, opt, x, y, bf16), model, bf16
 
 
 def main(argv):

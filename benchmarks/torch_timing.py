@@ -22,6 +22,28 @@ def seconds_per_step(step: Callable[[], None], steps: int, warmup: int,
   return (time.perf_counter() - start) / steps
 
 
+def classification_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        images: torch.Tensor, labels: torch.Tensor, bf16: bool,
+                        clip_norm: float = 0.0, label_smoothing: float = 0.0,
+                        forward: Callable | None = None) -> Callable[[], None]:
+  """One train step of an image classifier on a fixed batch (images [b, c, h, w], labels
+  [b] int64): forward (`forward`, e.g. torch.compile(model), default `model`; under
+  bfloat16 autocast when `bf16`), cross entropy (with `label_smoothing`), backward,
+  global-norm gradient clipping when `clip_norm` > 0, and the optimizer update."""
+  forward = model if forward is None else forward
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+      loss = torch.nn.functional.cross_entropy(forward(images), labels,
+                                               label_smoothing=label_smoothing)
+    loss.backward()
+    if clip_norm:
+      torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    optimizer.step()
+  return step
+
+
 def result_line(step_seconds: float, batch_size: int, model_name: str, model: torch.nn.Module,
                 device: torch.device, bf16: bool, **fields) -> str:
   """The JSON line the torch_* baselines print: framework, threads, device, autocast,

@@ -74,15 +74,7 @@ def make_step(config, device: torch.device):
   x = torch.randn(c.batch_size, m.num_channels, m.image_size, m.image_size, device=device)
   y = torch.randint(0, 10, (c.batch_size,), device=device)
   bf16 = c.compute_dtype == 'bfloat16' and device.type == 'cuda'
-
-  def step():
-    opt.zero_grad(set_to_none=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-      loss = nn.functional.cross_entropy(model(x), y)
-    loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), c.optim.grad_clip_norm)
-    opt.step()
-
+  step = torch_timing.classification_step(model, opt, x, y, bf16, c.optim.grad_clip_norm)
   return step, model, bf16
 
 

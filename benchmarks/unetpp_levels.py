@@ -22,7 +22,7 @@ from absl import app, flags
 
 from nets import unet
 from tasks import common
-from train import predict, reporting, run_config  # Defines --config, --workdir and --split.
+from train import predict, reporting, run_config  # predict defines --config, --workdir, --split.
 from train.restore import Predictor
 
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed predictions of one batch per level.')
