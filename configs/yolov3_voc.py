@@ -12,6 +12,8 @@ at batch 64) instead of darknet's steps. Training starts from random weights: th
 published ~80 % VOC AP50 needs an ImageNet-pretrained Darknet-53 (no import of darknet
 weights here).
 Difficult objects are ignored by the evaluation (tasks.coco_map), as VOC's devkit does.
+Papers on VOC 2007 test (YOLO, SSD, Faster R-CNN) report the 11-point AP50 of the 2007
+devkit: compare with the logged 'AP50_11pt', not with 'AP50' (COCO's 101 points).
 """
 
 from configs import common

@@ -12,6 +12,14 @@ matching and accumulation:
   higher recall) and read at the 101 recall points 0, .01, ..., 1 (0 past the highest
   recall reached): AP is the mean of these 101 values. AP is then averaged over the
   classes that have ground truth (and over the thresholds for AP@[.5:.95]).
+- AP50_11pt: AP50 with the 11-point interpolation of PASCAL VOC 2007 (Everingham et al.
+  2010, Secs. 4.1-4.2; the VOC devkit until 2010 changed it, and the number YOLO, SSD and
+  Faster R-CNN papers report as "VOC 2007 test mAP"): the monotone precision read at the
+  recall points 0, .1, ..., 1 (11 of COCO's 101), averaged over them and the classes.
+  The matching stays COCO's (above): the VOC devkit differs in counting a detection
+  whose best-overlapping box is already taken as a false positive (COCO tries the next
+  unmatched box) and in requiring IoU > .5 (COCO >= .5), so on VOC this number can
+  differ slightly from the devkit's.
 - AR1 / AR10 / AR100: the recall with the top 1 / 10 / 100 detections per image *and
   class* (pycocotools' cut), averaged over thresholds and classes.
 - AP_small / AP_medium / AP_large: ground truth of area < 32^2, 32^2..96^2, > 96^2 pixels^2
@@ -181,7 +189,8 @@ def evaluate(ground_truth: Sequence[dict], detections: Sequence[dict], num_class
   max_detections: detections kept per image (highest scores), >= 1; COCO's AP uses 100.
   difficult_overlap: 'iou' (VOC) or 'iod' (COCO crowd): the overlap with difficult boxes.
 
-  Returns {name: float}: 'AP' (AP@[.5:.95]), 'AP50', 'AP75', 'AP_small', 'AP_medium',
+  Returns {name: float}: 'AP' (AP@[.5:.95]), 'AP50', 'AP75', 'AP50_11pt' (VOC 2007's
+  11-point AP50), 'AP_small', 'AP_medium',
   'AP_large', 'AR1', 'AR10', f'AR{max_detections}' (COCO's 'AR100'; AR counts above
   max_detections are left out), and 'AP50/<name>' per class when class_names is given;
   NaN where undefined (no ground truth). Raises ValueError for lists of different
@@ -204,7 +213,7 @@ def evaluate(ground_truth: Sequence[dict], detections: Sequence[dict], num_class
   dt_annotations = _detection_annotations(detections, num_classes, max_detections)
   max_dets = sorted({m for m in (1, 10, max_detections) if m <= max_detections})
   ar_names = [f'AR{m}' for m in max_dets]
-  names = ['AP', 'AP50', 'AP75'] + [f'AP_{a}' for a in AREA_RANGES] + ar_names
+  names = ['AP', 'AP50', 'AP75', 'AP50_11pt'] + [f'AP_{a}' for a in AREA_RANGES] + ar_names
   per_class = [f'AP50/{n}' for n in class_names] if class_names is not None else []
   if not gt_annotations:  # COCO defines nothing (all -1); skip the library.
     return {name: float('nan') for name in names + per_class}
@@ -229,9 +238,12 @@ def evaluate(ground_truth: Sequence[dict], detections: Sequence[dict], num_class
   iou = {t: int(np.argmin(np.abs(p.iouThrs - t))) for t in (0.5, 0.75)}
   area = {a: p.areaRngLbl.index(a) for a in ('all',) + AREA_RANGES}
   everything = precision[:, :, :, area['all'], -1]
+  # VOC 2007's recall points 0, .1, ..., 1 are every tenth of COCO's 101 (0, .01, ..., 1).
+  tenths = [int(np.argmin(np.abs(p.recThrs - r))) for r in np.linspace(0.0, 1.0, 11)]
   out = {'AP': _mean_defined(everything),
          'AP50': _mean_defined(everything[iou[0.5]]),
-         'AP75': _mean_defined(everything[iou[0.75]])}
+         'AP75': _mean_defined(everything[iou[0.75]]),
+         'AP50_11pt': _mean_defined(everything[iou[0.5]][tenths])}
   for a in AREA_RANGES:
     out[f'AP_{a}'] = _mean_defined(precision[:, :, :, area[a], -1])
   for m, name in enumerate(ar_names):

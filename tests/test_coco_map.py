@@ -48,7 +48,8 @@ def assert_same(a, b):
 # (FP), .7 on C (TP), .6 a duplicate on A (FP). Precision 1, 1/2, 2/3, 1/2 at recall 1/3,
 # 1/3, 2/3, 2/3; made monotone: 1, 2/3, 2/3, 1/2. Recall points 0 .. .33 (34 of them) read
 # precision 1, .34 .. .66 (33) read 2/3, .67 .. 1 read 0: AP = (34 + 33 * 2/3) / 101 =
-# 56/101 at every IoU threshold (all matches are exact).
+# 56/101 at every IoU threshold (all matches are exact). VOC 2007's 11 points: 0 .. .3 (4)
+# read 1, .4 .. .6 (3) read 2/3, .7 .. 1 read 0: AP50_11pt = (4 + 3 * 2/3) / 11 = 6/11.
 HAND_GT = [gt_image([[0, 0, 10, 10], [20, 20, 30, 30]], [0, 0]),
            gt_image([[0, 0, 10, 10]], [0])]
 HAND_DT = [dt_image([[0, 0, 10, 10], [0, 0, 10, 10]], [0.9, 0.6], [0, 0]),
@@ -59,6 +60,7 @@ def test_hand_made_ap():
   r = coco_map.evaluate(HAND_GT, HAND_DT, num_classes=1, class_names=['shirt'])
   for name in ('AP', 'AP50', 'AP75', 'AP50/shirt'):
     assert r[name] == pytest.approx(56 / 101, abs=1e-12), name
+  assert r['AP50_11pt'] == pytest.approx(6 / 11, abs=1e-12)
   # One detection per image and class: image 1 keeps its TP, image 2 its FP.
   assert r['AR1'] == pytest.approx(1 / 3)
   assert r['AR10'] == pytest.approx(2 / 3) and r['AR100'] == pytest.approx(2 / 3)
@@ -130,7 +132,7 @@ def test_classes_without_ground_truth_are_left_out():
 def test_no_ground_truth_or_no_detections():
   r = coco_map.evaluate([gt_image([], [])], [dt_image([[0, 0, 5, 5]], [0.5], [0])], 2,
                         class_names=['a', 'b'])
-  assert all(math.isnan(v) for v in r.values()) and len(r) == 11
+  assert all(math.isnan(v) for v in r.values()) and len(r) == 12
   assert all(math.isnan(v) for v in coco_map.evaluate([], [], 2).values())
   r = coco_map.evaluate(HAND_GT, [dt_image([], [], []), dt_image([], [], [])], 1)
   assert r['AP'] == 0.0 and r['AR100'] == 0.0
@@ -179,7 +181,8 @@ def test_max_detections_per_image_across_classes():
   assert coco_map.evaluate(gt, dt, 2, max_detections=11)['AP'] == pytest.approx(1.0)
   r = coco_map.evaluate(gt, dt, 2, max_detections=10)
   assert r['AP'] == pytest.approx((1 + 81 / 101) / 2, abs=1e-12)
-  assert set(r) == {'AP', 'AP50', 'AP75', 'AP_small', 'AP_medium', 'AP_large', 'AR1', 'AR10'}
+  assert set(r) == {'AP', 'AP50', 'AP75', 'AP50_11pt', 'AP_small', 'AP_medium', 'AP_large', 'AR1',
+                    'AR10'}
   assert r['AR10'] == pytest.approx((1 + 4 / 5) / 2)
   # Fewer than 10: the AR counts above it are left out.
   r = coco_map.evaluate(gt, dt, 2, max_detections=5)
@@ -232,8 +235,10 @@ def pairwise_iou(a, b):
 
 
 def reference_coco(gt, dt, num_classes, max_det):
-  """Per threshold and class: (AP [10, K], recall [10, K]), NaN for classes without gt."""
+  """Per threshold and class: (AP [10, K], recall [10, K]), NaN for classes without gt;
+  and per class VOC 2007's 11-point AP at IoU .5 [K]."""
   ap = np.full((len(THRESHOLDS), num_classes), np.nan)
+  ap11 = np.full(num_classes, np.nan)
   rec = np.full((len(THRESHOLDS), num_classes), np.nan)
   for k in range(num_classes):
     num_gt = sum(int((g['classes'] == k).sum()) for g in gt)
@@ -269,7 +274,10 @@ def reference_coco(gt, dt, num_classes, max_det):
       padded = np.concatenate([precision, [0.0]])
       ap[t, k] = padded[np.minimum(idx, len(precision))].mean()
       rec[t, k] = recall[-1] if len(recall) else 0.0
-  return ap, rec
+      if t == 0:  # VOC 2007: the highest precision at recall >= r, r = 0, .1, ..., 1.
+        ap11[k] = np.mean([precision[recall >= r].max() if (recall >= r).any() else 0.0
+                           for r in np.linspace(0.0, 1.0, 11)])
+  return ap, rec, ap11
 
 
 def random_set(rng, num_images=8, num_classes=3):
@@ -302,15 +310,17 @@ def test_matches_numpy_reference(seed):
   gt, dt = random_set(np.random.default_rng(seed))
   names = ['a', 'b', 'c']
   r = coco_map.evaluate(gt, dt, 3, class_names=names)
-  ap, recall = reference_coco(gt, dt, 3, max_det=100)
+  ap, recall, ap11 = reference_coco(gt, dt, 3, max_det=100)
   assert 0.05 < r['AP'] < 0.95  # A case with both hits and misses at most thresholds.
   assert r['AP'] == pytest.approx(np.nanmean(ap), abs=1e-9)
   assert r['AP50'] == pytest.approx(np.nanmean(ap[0]), abs=1e-9)
   assert r['AP75'] == pytest.approx(np.nanmean(ap[5]), abs=1e-9)
+  assert r['AP50_11pt'] == pytest.approx(np.nanmean(ap11), abs=1e-9)
+  assert r['AP50_11pt'] != pytest.approx(r['AP50'], abs=1e-4)
   assert r['AR100'] == pytest.approx(np.nanmean(recall), abs=1e-9)
   for k, name in enumerate(names):
     assert r[f'AP50/{name}'] == pytest.approx(ap[0, k], abs=1e-9, nan_ok=True)
-  _, recall1 = reference_coco(gt, dt, 3, max_det=1)
+  _, recall1, _ = reference_coco(gt, dt, 3, max_det=1)
   assert r['AR1'] == pytest.approx(np.nanmean(recall1), abs=1e-9)
 
 

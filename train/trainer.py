@@ -49,7 +49,7 @@ def total_train_steps(config, num_train_examples: int) -> int:
 # best_metric=loss overridden alone, keeping a classifier's 'max') is caught up front.
 _BEST_WHEN = {'min': ('loss', 'nll', 'wer', 'per'),
               'max': ('top1', 'top5', 'accuracy', 'bleu', 'miou', 'pixel_accuracy', 'AP',
-                      'AP50', 'AP75')}
+                      'AP50', 'AP75', 'AP50_11pt')}
 
 
 def _check_best_mode(metric: str, mode: str) -> None:
