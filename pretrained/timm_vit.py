@@ -29,7 +29,12 @@ scale (ls1 / ls2), q/k normalisation, hybrid backbones (patch_embed.backbone). A
 checkpoint_filter_fn drops it.
 
 The num_heads of a fused qkv projection is not stored in the file: it is the model's
-(the named variants vit_ti/s/b/l have timm's head counts).
+(the named variants vit_ti/s/b/l have timm's head counts). Nor is the pooling: a file
+with a cls_token loads as class-token pooling ('token'), one without as 'gap'. A timm
+model built with a class token *and* global_pool='avg', fc_norm=False (rare: timm adds
+fc_norm to average pooling by default, and that is refused above) has the same tensors
+as a token-pooling one, so it loads without error into a model whose head reads the
+class token instead of the patch-token mean: check such an import's accuracy.
 
 Files are read by pretrained.torchvision.read (torch.load weights_only=True, or
 safetensors; a 'state_dict' / 'model' wrapper and a 'module.' prefix are removed).
