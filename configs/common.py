@@ -187,6 +187,7 @@ def get_segmentation_config() -> ml_collections.ConfigDict:
   c.inference = ml_collections.ConfigDict()
   c.inference.head = 'last'       # Deep supervision at inference: 'last' head or 'mean' of all.
   c.inference.level = 0           # UNet++ pruned to L1..L4 at inference; 0: the whole network.
+  c.inference.flip = False        # Test-time augmentation: mean with the mirror image's output.
   c.checkpoint.best_metric = 'miou'
   c.checkpoint.best_mode = 'max'
   return c
@@ -236,6 +237,8 @@ def get_detection_config() -> ml_collections.ConfigDict:
   c.loss.box_weight = 1.0         # Weights of the loss terms (each summed per image).
   c.loss.obj_weight = 1.0
   c.loss.cls_weight = 1.0
+  c.inference = ml_collections.ConfigDict()
+  c.inference.flip = False        # Test-time augmentation: the mirror image's boxes join NMS.
   c.nms = ml_collections.ConfigDict()
   c.nms.method = 'greedy'         # 'greedy', 'diou' (DIoU-NMS), 'soft_linear', 'soft_gaussian'.
   c.nms.iou_threshold = 0.5       # Suppression threshold (Soft-NMS linear: N_t).

@@ -18,6 +18,12 @@ class Task:
     return batch
 
 
+def mirrored(batch: dict) -> dict:
+  """`batch` with its 'image' [b, h, w, c] flipped left to right (the other entries as
+  they are): the second view of horizontal-flip test-time augmentation."""
+  return dict(batch, image=jnp.flip(batch['image'], axis=2))
+
+
 def check_no_device_augment(config) -> None:
   """Raises ValueError when config.augment.on_device is set for a task whose data
   pipeline augments on the host (only classification augments in the train step)."""

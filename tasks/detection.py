@@ -32,9 +32,11 @@ class DetectionTask(common.Task):
   loss_fn: tasks.yolo_loss.YoloLoss (holds the anchors).
   nms_options: keyword arguments of tasks.nms.batched_nms (method, iou_threshold,
     score_threshold, pre_nms_top_k, max_detections, diou_beta, soft_sigma).
+  flip: horizontal-flip test-time augmentation in `predict` (see there).
   """
   loss_fn: yolo_loss.YoloLoss
   nms_options: dict
+  flip: bool = False
 
   def apply(self, model, variables, batch, *, train: bool, rngs=None, mutable=False):
     """Raw predictions per scale, each [b, h_s, w_s, A, 5 + C] float32 (and the updated
@@ -84,9 +86,23 @@ class DetectionTask(common.Task):
     return boxes, scores.reshape(scores.shape[0], -1), classes.reshape(scores.shape[0], -1)
 
   def predict(self, model, variables, batch) -> dict:
-    """Detections after NMS (see the module docstring), boxes clipped to the image."""
+    """Detections after NMS (see the module docstring), boxes clipped to the image.
+
+    With `flip`, the candidates of the mirror image, mirrored back (x0, x1 -> w - x1,
+    w - x0), join the image's own before one NMS over both (test-time augmentation as
+    ultralytics' YOLOv5 `--augment` merges its views), for twice the forward passes
+    and candidates.
+    """
     boxes, scores, classes = self.candidates(self.apply(model, variables, batch, train=False))
     h, w = batch['image'].shape[1:3]
+    if self.flip:
+      m_boxes, m_scores, m_classes = self.candidates(
+          self.apply(model, variables, common.mirrored(batch), train=False))
+      m_boxes = jnp.stack([w - m_boxes[..., 2], m_boxes[..., 1], w - m_boxes[..., 0],
+                           m_boxes[..., 3]], axis=-1)
+      boxes = jnp.concatenate([boxes, m_boxes], axis=1)
+      scores = jnp.concatenate([scores, m_scores], axis=1)
+      classes = jnp.concatenate([classes, m_classes], axis=1)
     boxes = jnp.clip(boxes, 0.0, jnp.asarray([w, h, w, h], jnp.float32))
     return nms.batched_nms(boxes, scores, classes, **self.nms_options)
 
@@ -139,7 +155,7 @@ def build_data(config):
 
 def build_task(config, spec) -> DetectionTask:
   del spec
-  return DetectionTask(_loss(config), _nms_options(config))
+  return DetectionTask(_loss(config), _nms_options(config), flip=config.inference.flip)
 
 
 def evaluators(config, data, predict_fn, engine) -> list:

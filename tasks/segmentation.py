@@ -44,13 +44,15 @@ class SegmentationTask(common.Task):
   tasks.dense_losses loss); the per-image loss is the mean over the heads.
   inference_head: 'last' (the deepest head) or 'mean' (mean of the heads' softmax
   probabilities). level: 0 for the whole network, k in 1..depth for the pruned
-  UNet++ L^k (only its sub-network is computed).
+  UNet++ L^k (only its sub-network is computed). flip: horizontal-flip test-time
+  augmentation in `predict` (see there).
   """
   num_classes: int
   loss_fn: object
   ignore_label: int = 255
   inference_head: str = 'last'
   level: int = 0
+  flip: bool = False
 
   def apply(self, model, variables, batch, *, train: bool, rngs=None, mutable=False, level=None):
     """Head logits stacked: [heads, b, h, w, num_classes] float32 (and the updated
@@ -97,9 +99,19 @@ class SegmentationTask(common.Task):
             'accuracy': common.metric(correct.sum(), valid.sum())}
 
   def predict(self, model, variables, batch) -> jax.Array:
-    """Predicted class per pixel [b, h, w] int32 (pruned to `level` when > 0)."""
-    logits = self.apply(model, variables, batch, train=False)
-    return jnp.argmax(self.combine(logits), axis=-1).astype(jnp.int32)
+    """Predicted class per pixel [b, h, w] int32 (pruned to `level` when > 0).
+
+    With `flip`, the class probabilities are the mean of the image's and those of its
+    mirror image, mirrored back (test-time augmentation as in Simonyan & Zisserman
+    2015, Sec. 3.2: soft-max posteriors of the original and flipped images averaged),
+    which makes the prediction exactly equivariant to horizontal flips, for twice the
+    forward passes. The eval loss and accuracy stay those of the image alone.
+    """
+    probs = self.combine(self.apply(model, variables, batch, train=False))
+    if self.flip:
+      mirror = self.combine(self.apply(model, variables, common.mirrored(batch), train=False))
+      probs = (probs + jnp.flip(mirror, axis=2)) / 2
+    return jnp.argmax(probs, axis=-1).astype(jnp.int32)
 
 
 def _loss(config):
@@ -150,7 +162,8 @@ def build_data(config):
 def build_task(config, spec) -> SegmentationTask:
   return SegmentationTask(spec.model_kwargs['num_classes'], _loss(config),
                           ignore_label=config.data.ignore_label,
-                          inference_head=config.inference.head, level=config.inference.level)
+                          inference_head=config.inference.head, level=config.inference.level,
+                          flip=config.inference.flip)
 
 
 def evaluators(config, data, predict_fn, engine) -> list:

@@ -79,6 +79,33 @@ def test_loss_on_eight_devices_equals_one_device(engine, devices):
     np.testing.assert_allclose(got[name], reference[name], rtol=1e-5, err_msg=name)
 
 
+def test_flip_test_time_augmentation_makes_detections_flip_equivariant():
+  # With inference.flip the mirror image's candidates, mirrored back, join NMS: the
+  # detections of a mirrored scene are then the mirrored detections (a random network
+  # alone gives other ones).
+  config, _, batch = _scene_batch()
+  spec = pipeline.DataSpec({'num_classes': 10, 'num_channels': 1, 'num_anchors': 3},
+                           (np.zeros((1, 64, 64, 1), np.float32),))
+  images = batch['image']
+  mirror = {'image': images[:, :, ::-1]}
+  for flip in (False, True):
+    config.inference.flip = flip
+    model, task, _, _, init_fn = trainer.build_components(config, 10, spec, None)
+    variables = jax.jit(init_fn)().variables
+    predict = jax.jit(lambda v, b: task.predict(model, v, b))  # pylint: disable=cell-var-from-loop
+    found, found_mirror = predict(variables, {'image': images}), predict(variables, mirror)
+    same = []
+    for i in range(len(images)):
+      keep, keep_m = np.asarray(found['valid'][i]), np.asarray(found_mirror['valid'][i])
+      boxes = np.asarray(found['boxes'][i])[keep]
+      mirrored = np.stack([64 - boxes[:, 2], boxes[:, 1], 64 - boxes[:, 0], boxes[:, 3]], 1)
+      same.append(keep.sum() == keep_m.sum() and np.allclose(
+          mirrored, np.asarray(found_mirror['boxes'][i])[keep_m], atol=1e-3) and np.allclose(
+              np.asarray(found['scores'][i])[keep], np.asarray(found_mirror['scores'][i])[keep_m],
+              atol=1e-6))
+    assert all(same) == flip, (flip, same)
+
+
 def test_bad_boxes_name_the_example_and_extra_boxes_are_dropped_and_counted():
   config = _shrink(yolov3_fashion_mnist_scenes.get_config())
   image = np.zeros((64, 64, 1), np.uint8)

@@ -58,6 +58,26 @@ def test_eval_metrics_describe_the_pruned_network_that_predict_runs():
       full[0], labels, jnp.ones(labels.shape)).mean(), rtol=1e-6)
 
 
+def test_flip_test_time_augmentation_makes_predict_flip_equivariant():
+  # The mean of the image's and the mirrored-back mirror image's probabilities: the
+  # mirror image's prediction is then exactly the mirrored prediction, which a random
+  # network without it is not.
+  model = unet.UNetPlusPlus(num_classes=3, filters=(4, 8, 16), depth=2)
+  images = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(2), images)
+  batch, mirror = {'image': images}, {'image': jnp.flip(images, axis=2)}
+  for flip, equivariant in ((False, False), (True, True)):
+    task = segmentation.SegmentationTask(num_classes=3, loss_fn=dense_losses.cross_entropy,
+                                         flip=flip)
+    predict = jax.jit(functools.partial(task.predict, model))
+    assert np.array_equal(predict(variables, mirror),
+                          np.flip(predict(variables, batch), axis=2)) == equivariant
+  plain = segmentation.SegmentationTask(3, dense_losses.cross_entropy)
+  probs = jax.jit(lambda v, b: plain.combine(plain.apply(model, v, b, train=False)))
+  mean = (probs(variables, batch) + jnp.flip(probs(variables, mirror), axis=2)) / 2
+  np.testing.assert_array_equal(predict(variables, batch), jnp.argmax(mean, -1))
+
+
 class _EvalData:
   """Eval batches of 8 rows with known labels, predictions (the stand-in predict_fn
   reads them from the batch), ignore-label pixels and a padded last batch."""
