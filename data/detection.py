@@ -239,13 +239,14 @@ class DetectionData:
 
 def training_box_sizes(config, max_examples: int = 0) -> np.ndarray:
   """Widths and heights [n, 2] float32, in input pixels (after the letterbox), of the
-  boxes of the first `max_examples` (0: all) training examples: the input of the k-means
+  boxes of the first `max_examples` (0: all) training examples, without the difficult
+  (VOC) and crowd (COCO) boxes that training leaves out: the input of the k-means
   anchors (data.anchors)."""
   source = detection_sources.build_source(config, config.data.train_split)
   count = len(source) if max_examples <= 0 else min(max_examples, len(source))
   sizes = [np.zeros((0, 2), np.float32)]
   for i in range(count):
-    boxes = letterboxed(source[i], config.data.image_size)[0]['boxes']
+    boxes = box_augment.drop_difficult(letterboxed(source[i], config.data.image_size)[0])['boxes']
     sizes.append(boxes[:, 2:] - boxes[:, :2])
   return np.concatenate(sizes).astype(np.float32)
 

@@ -91,7 +91,8 @@ class DetectionTask(common.Task):
     With `flip`, the candidates of the mirror image, mirrored back (x0, x1 -> w - x1,
     w - x0), join the image's own before one NMS over both (test-time augmentation as
     ultralytics' YOLOv5 `--augment` merges its views), for twice the forward passes
-    and candidates.
+    and candidates. A detection's mirrored twin is then suppressed like any duplicate:
+    removed by greedy and DIoU-NMS, kept with a decayed score by Soft-NMS.
     """
     boxes, scores, classes = self.candidates(self.apply(model, variables, batch, train=False))
     h, w = batch['image'].shape[1:3]

@@ -106,6 +106,16 @@ def test_flip_test_time_augmentation_makes_detections_flip_equivariant():
     assert all(same) == flip, (flip, same)
 
 
+def test_anchor_box_sizes_leave_out_difficult_boxes(monkeypatch):
+  # k-means anchors are fitted on the boxes training uses: not VOC's difficult ones.
+  example = {'image': np.zeros((64, 64, 1), np.uint8),
+             'boxes': np.array([[0, 0, 10, 20], [5, 5, 45, 25]], np.float32),
+             'classes': np.array([0, 1], np.int32), 'difficult': np.array([False, True])}
+  monkeypatch.setattr(detection_sources, 'build_source', lambda config, split: _Source([example]))
+  config = _shrink(yolov3_fashion_mnist_scenes.get_config())
+  np.testing.assert_allclose(detection.training_box_sizes(config), [[10, 20]])
+
+
 def test_bad_boxes_name_the_example_and_extra_boxes_are_dropped_and_counted():
   config = _shrink(yolov3_fashion_mnist_scenes.get_config())
   image = np.zeros((64, 64, 1), np.uint8)
