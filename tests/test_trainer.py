@@ -224,7 +224,7 @@ def test_changed_model_width_stops_before_training_and_touches_nothing(six_step_
   config = copy.deepcopy(six_step_runs[0])
   config.batch_size, config.seed = 8, 7
   with pytest.raises(ValueError, match=r'data position under other values of batch_size: '
-                     r'16 -> 8; seed: 0 -> 7.*Nothing was moved'):
+                     r'16 -> 8; seed: 0 -> 7.*No checkpoint was changed or deleted'):
     trainer.run(config, workdir)
   assert _listing(workdir) == before
 
@@ -261,6 +261,49 @@ def test_unreadable_latest_checkpoint_falls_back_and_is_kept(six_step_runs, tmp_
   bad = {path.split(os.sep, 1)[1]: size for path, (size, _) in bad_files.items()
          if path.split(os.sep, 1)[0] != '3'}
   assert {path: size for path, (size, _) in moved.items()} == bad
+
+
+def test_when_no_checkpoint_is_readable_the_fresh_start_reads_from_the_first_batch(
+    six_step_runs, tmp_path, caplog):
+  # Each failed restore moves the data iterator before the state read fails (Orbax
+  # restores 'data' first); the start from scratch must not keep that position.
+  config, full, _ = six_step_runs
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(full, workdir)
+  for step in ('3', '6'):
+    for path in glob.glob(os.path.join(workdir, 'checkpoints', step, 'state',
+                                       'ocdbt.process_0', 'd', '*')):
+      os.truncate(path, 0)
+  metrics = trainer.run(config, workdir)
+  assert 'Checkpoint at step 3 is unreadable' in caplog.text and metrics['step'] == 6
+  assert sorted(name.split('-')[0] for name in
+                os.listdir(os.path.join(workdir, 'checkpoints_corrupt'))) == ['3', '6']
+  _assert_same_params(_params(full, 6), _params(workdir, 6))
+
+
+@pytest.mark.parametrize('change', ['validation_split', 'best_metric'])
+def test_restart_that_would_delete_the_best_checkpoint_is_refused(six_step_runs, tmp_path,
+                                                                   change):
+  config, full, _ = six_step_runs
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(full, workdir)
+  before = _listing(workdir)
+  config = copy.deepcopy(config)
+  config.num_train_steps = 12
+  if change == 'validation_split':
+    config.data.validation_split = ''
+  else:
+    config.checkpoint.best_metric = ''
+  with pytest.raises(ValueError, match=r"keep the best one by validation 'top1'.*would delete "
+                     r'that checkpoint.*No checkpoint was changed or deleted'):
+    trainer.run(config, workdir)
+  assert _listing(workdir) == before
+
+
+def test_a_final_metrics_file_cut_short_is_set_aside_not_an_error(tmp_path):
+  (tmp_path / 'final_metrics.json').write_text('{"step": 6, "valid')
+  trainer._set_aside_final_metrics(str(tmp_path))  # pylint: disable=protected-access
+  assert os.listdir(tmp_path) == ['final_metrics_stepunknown.json']
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(fmnist_dir, tmp_path):

@@ -209,6 +209,10 @@ class Checkpointer:
     """Steps of the complete checkpoints, ascending."""
     return sorted(self.manager.all_steps())
 
+  def ranked_steps(self) -> list[int]:
+    """Steps saved with validation metrics (those best-N retention ranks), ascending."""
+    return [s for s in self.all_steps() if self.manager.metrics(s) is not None]
+
   def best_step(self) -> int | None:
     """The step of the best checkpoint by `best_metric` among those saved with
     metrics (None without `best_metric` or such a checkpoint)."""

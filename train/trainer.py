@@ -103,8 +103,11 @@ def _set_aside_final_metrics(workdir: str) -> None:
   path = os.path.join(workdir, 'final_metrics.json')
   if jax.process_index() != 0 or not os.path.exists(path):
     return
-  with open(path, encoding='utf-8') as f:
-    old_step = json.load(f).get('step', 'unknown')
+  try:
+    with open(path, encoding='utf-8') as f:
+      old_step = json.load(f).get('step', 'unknown')
+  except ValueError:  # Not JSON (e.g. cut short by hand): kept all the same.
+    old_step = 'unknown'
   kept = os.path.join(workdir, f'final_metrics_step{old_step}.json')
   os.replace(path, kept)
   logging.info('The run trains on past its end at step %s: its final metrics are now in %s.',
@@ -200,8 +203,11 @@ def run(config, workdir: str) -> dict:
   float) of the selected checkpoint, 'selected_step', 'selection' (how it was chosen),
   'splits', 'step' (the last step trained) and timings. A preempted run saves, exits
   the loop and returns {'step', 'preempted': True} without testing.
-  Raises ValueError for bad configs, checkpoint.CheckpointMismatchError when the
-  workdir's checkpoints do not fit this config (nothing is moved or written),
+  Raises ValueError for bad configs (and for restarts that would skip or repeat
+  training data, or delete a checkpoint kept as the best by validation),
+  checkpoint.CheckpointMismatchError when the workdir's checkpoints do not fit this
+  config (no checkpoint is changed or deleted; interrupted or unreadable saves met on
+  the way are in checkpoints_corrupt/, as at any start),
   sources.DatasetNotFoundError / FileNotFoundError for missing data,
   pretrained.mapping.WeightMismatchError when config.init_from does not fit the model,
   NonFiniteLossError for a NaN/Inf loss.
@@ -223,25 +229,47 @@ def run(config, workdir: str) -> dict:
                                      best_mode=config.checkpoint.best_mode,
                                      async_save=config.checkpoint.async_save)
   abstract = abstract_state(init_fn, engine)
-  changes = run_config.diff(run_config.load(workdir), config)
+  saved = run_config.load(workdir)
+  changes = run_config.diff(saved, config)
   repositioned = {k: v for k, v in changes.items() if k in run_config.DATA_POSITION_FIELDS}
-  if repositioned and ckpt.all_steps():
+  had_checkpoints = bool(ckpt.all_steps())
+  untouched = ('No checkpoint was changed or deleted (interrupted or unreadable saves, if '
+               'any, are in checkpoints_corrupt/, as at every start).')
+  if repositioned and had_checkpoints:
     ckpt.close()
     raise ValueError(
         f'The checkpoints in {ckpt.directory} saved the training data position under '
         f'other values of {run_config.describe(repositioned)}; under the new ones that '
-        'position would skip or repeat examples, so the run cannot resume with them. '
-        'Nothing was moved or written. Restart with the saved values, or train this config '
+        f'position would skip or repeat examples, so the run cannot resume with them. '
+        f'{untouched} Restart with the saved values, or train this config '
         f'in a new --workdir (--config.init_from={workdir} starts it from these weights).')
+  kept_best = saved and saved.get('checkpoint.best_metric') and saved.get('data.validation_split')
+  if kept_best and not ckpt.best_metric and ckpt.ranked_steps():
+    # Without a best metric only the newest `keep` steps are retained: the saves of this
+    # run would delete the checkpoint the run kept for its validation score.
+    ckpt.close()
+    raise ValueError(
+        f'The checkpoints in {ckpt.directory} keep the best one by validation '
+        f'{saved["checkpoint.best_metric"]!r}, but this config ranks none '
+        f'(checkpoint.best_metric={config.checkpoint.best_metric!r}, eval splits '
+        f'{sorted(data.eval_splits)}), so its saves would delete that checkpoint. '
+        f'{untouched} Restart with the saved checkpoint.best_metric and '
+        f'data.validation_split, or train this config in a new --workdir '
+        f'(--config.init_from={workdir} starts it from these weights).')
   try:
     restored = ckpt.restore_latest(abstract, train_iter)
   except checkpoint_lib.CheckpointMismatchError as e:
     ckpt.close()
     raise checkpoint_lib.CheckpointMismatchError(
         f'{e}\nConfig fields changed since {os.path.join(workdir, "config.json")} was '
-        f'written: {run_config.describe(changes)}.\nNothing was moved or written. To train '
+        f'written: {run_config.describe(changes)}.\n{untouched} To train '
         'this config, pass a new --workdir; to resume the run, restart it with its saved '
         'config.') from None
+  if restored is None and had_checkpoints:
+    # Every checkpoint was unreadable and is now in checkpoints_corrupt/; each failed
+    # attempt may have moved the iterator to its saved position already (Orbax restores
+    # 'data' before 'state'): a fresh start must read from the beginning.
+    train_iter = data.train_iterator(jax.process_index(), jax.process_count())
   if restored is not None:
     state = engine.from_canonical(restored)
     if config.init_from:
@@ -340,9 +368,11 @@ def run(config, workdir: str) -> dict:
                compile_seconds=compile_seconds or 0.0,
                train_examples_per_sec=(timed_steps * config.batch_size / train_seconds
                                        if train_seconds > 0 else 0.0))
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'final_metrics.json'), 'w', encoding='utf-8') as f:
+  if jax.process_index() == 0:  # Written whole or not at all (a restart reads it).
+    path = os.path.join(workdir, 'final_metrics.json')
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
       json.dump(final, f, indent=2)
+    os.replace(path + '.tmp', path)
   logging.info('Done at step %d: %s', step, json.dumps(final))
   return final
 
