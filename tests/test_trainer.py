@@ -65,6 +65,13 @@ def _listing(directory) -> dict:
   return out
 
 
+def _copy_of(run_dir, tmp_path) -> str:
+  """A copy of a finished run's workdir under tmp_path (tests change copies only)."""
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(run_dir, workdir)
+  return workdir
+
+
 def _rows(workdir, name='metrics.jsonl'):
   with open(os.path.join(workdir, name)) as f:
     return [json.loads(line) for line in f]
@@ -130,8 +137,7 @@ def test_final_metrics_label_the_selected_checkpoint_and_splits(six_step_runs):
 def test_eval_only_reproduces_the_logged_metrics_and_touches_nothing(six_step_runs,
                                                                      tmp_path):
   config, full, _ = six_step_runs
-  workdir = str(tmp_path / 'run')
-  shutil.copytree(full, workdir)
+  workdir = _copy_of(full, tmp_path)
   checkpoints = _listing(os.path.join(workdir, 'checkpoints'))
   logged = {(r['step'], r['split']): r for r in _rows(workdir)}
   final = json.loads(open(os.path.join(workdir, 'final_metrics.json')).read())
@@ -173,8 +179,7 @@ def test_eval_only_errors(six_step_runs, tmp_path):
 
 def test_rows_logged_after_the_restored_step_are_superseded(six_step_runs, tmp_path):
   config, full, _ = six_step_runs
-  workdir = str(tmp_path / 'run')
-  shutil.copytree(full, workdir)
+  workdir = _copy_of(full, tmp_path)
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '6'))  # As if killed before saving 6.
   before = _rows(workdir)
   trainer.run(config, workdir)
@@ -207,8 +212,7 @@ def _tensorboard_events(logdir):
 def test_changed_model_width_stops_before_training_and_touches_nothing(six_step_runs,
                                                                          tmp_path):
   config, full, _ = six_step_runs
-  workdir = str(tmp_path / 'run')
-  shutil.copytree(full, workdir)
+  workdir = _copy_of(full, tmp_path)
   before = _listing(workdir)
   config = copy.deepcopy(config)
   config.model.hidden_size = 24
@@ -233,8 +237,7 @@ def test_changed_model_width_stops_before_training_and_touches_nothing(six_step_
 def test_unreadable_latest_checkpoint_falls_back_and_is_kept(six_step_runs, tmp_path, caplog,
                                                             fault):
   config, full, split = six_step_runs
-  workdir = str(tmp_path / 'run')
-  shutil.copytree(full, workdir)
+  workdir = _copy_of(full, tmp_path)
   step_dir = os.path.join(workdir, 'checkpoints', '6')
   if fault == 'truncated':
     manifest = os.path.join(step_dir, 'state', 'manifest.ocdbt')
@@ -268,8 +271,7 @@ def test_when_no_checkpoint_is_readable_the_fresh_start_reads_from_the_first_bat
   # Each failed restore moves the data iterator before the state read fails (Orbax
   # restores 'data' first); the start from scratch must not keep that position.
   config, full, _ = six_step_runs
-  workdir = str(tmp_path / 'run')
-  shutil.copytree(full, workdir)
+  workdir = _copy_of(full, tmp_path)
   for step in ('3', '6'):
     for path in glob.glob(os.path.join(workdir, 'checkpoints', step, 'state',
                                        'ocdbt.process_0', 'd', '*')):
@@ -285,8 +287,7 @@ def test_when_no_checkpoint_is_readable_the_fresh_start_reads_from_the_first_bat
 def test_restart_that_would_delete_the_best_checkpoint_is_refused(six_step_runs, tmp_path,
                                                                    change):
   config, full, _ = six_step_runs
-  workdir = str(tmp_path / 'run')
-  shutil.copytree(full, workdir)
+  workdir = _copy_of(full, tmp_path)
   before = _listing(workdir)
   config = copy.deepcopy(config)
   config.num_train_steps = 12
