@@ -7,7 +7,8 @@ tested on VOC 2007 test (the protocol of Faster R-CNN and YOLO), 20 classes.
 
 The optimiser follows darknet's yolov3-voc.cfg (Redmon & Farhadi 2018): SGD with
 momentum 0.9, weight decay 5e-4, batch 64, learning rate 1e-3 after a 1,000-step
-burn-in; the schedule here is cosine over 50,000 steps (~193 epochs of 16,551 images
+burn-in (darknet ramps the rate as (step / 1000)^4; here linearly over the same 1,000
+steps); the schedule here is cosine over 50,000 steps (~193 epochs of 16,551 images
 at batch 64) instead of darknet's steps. Training starts from random weights: the
 published ~80 % VOC AP50 needs an ImageNet-pretrained Darknet-53 (no import of darknet
 weights here).
