@@ -69,6 +69,10 @@ class EncoderBlock(nn.Module):
 def interpolate_position_embeddings(posemb: jax.Array, grid: tuple[int, int]) -> jax.Array:
   """Bilinearly resizes a square grid of position embeddings (ViT Sec. 3.2).
 
+  jax.image.resize: half-pixel centres, antialiased when the grid shrinks. big_vision
+  (scipy.ndimage.zoom, order 1) aligns the corners and timm defaults to bicubic, so
+  their resized values differ slightly.
+
   Args:
     posemb: [1, old_h * old_w, hidden] grid embeddings (no class token).
     grid: (new_h, new_w).
