@@ -7,7 +7,9 @@ counts at 224x224 with 1000 classes are theirs: ResNet-18 11,689,512; -34 21,797
 -50 25,557,032; -101 44,549,160; -152 60,192,808.
 
   stem  'imagenet': 7x7/2 conv (64) -> BN -> ReLU -> 3x3/2 max-pool  (Table 1, conv1)
-        'cifar':    3x3/1 conv (64) -> BN -> ReLU                    (Sec. 4.2, 32x32 inputs)
+        'cifar':    3x3/1 conv (64) -> BN -> ReLU   (for 32x32 inputs; the ImageNet body
+                    with a 3x3/1 stem, as common CIFAR ResNet-18 code does, not the
+                    16-channel, 3-stage nets of Sec. 4.2)
   4 stages of residual blocks, widths w, 2w, 4w, 8w (w = `width`, 64 in the paper);
   the first block of stages 2-4 downsamples by 2 with a 1x1/2 projection shortcut
   (option B, Sec. 3.3) -> global average pool -> fully connected.
