@@ -128,8 +128,12 @@ def random_erasing(images: np.ndarray, rng: np.random.Generator, probability: fl
 
   With `probability`, each image gets one rectangle of area S_e ~ U(area_range) * h * w
   and aspect ratio r_e ~ U(min_aspect, 1 / min_aspect) filled with uniform random values
-  in [0, max_value]. Algorithm 1 redraws until the rectangle fits; here `attempts`
-  candidates are drawn at once and the first that fits is used (none fits: no erasing).
+  in [0, max_value]. Algorithm 1 draws a size and a corner and redraws both until the
+  rectangle lies inside the image; here, as in the authors' code, torchvision and timm,
+  a size is redrawn until it fits (the first of `attempts` candidates drawn at once;
+  none fits: no erasing) and then placed uniformly where it fits. Large rectangles are
+  thus accepted more often than under Algorithm 1 (mean erased fraction of a 32x32
+  image at the defaults ~0.20 against ~0.14).
 
   images: [b, h, w, c] float32 -> same.
   """
