@@ -133,7 +133,7 @@ def random_erasing(images: np.ndarray, rng: np.random.Generator, probability: fl
   a size is redrawn until it fits (the first of `attempts` candidates drawn at once;
   none fits: no erasing) and then placed uniformly where it fits. Large rectangles are
   thus accepted more often than under Algorithm 1 (mean erased fraction of a 32x32
-  image at the defaults ~0.20 against ~0.14).
+  image at the defaults: 0.20 against 0.15 in a NumPy simulation of both).
 
   images: [b, h, w, c] float32 -> same.
   """
