@@ -115,13 +115,20 @@ PREDICT_INPUTS = ('image',)
 
 
 def predict_cli(config, data, predict_batch, inputs: dict) -> None:
-  """Prints the predicted class of each --image (resized to the training size)."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
+  """Prints the predicted class of each --image, seen as evaluation sees its images: the
+  shorter side resized to data.eval_resize_size and the central data.eval_crop_size
+  crop when eval_crop_size > 0 (the ImageNet view), else resized to the model's input
+  size (datasets stored at it); then normalised as the eval batches are."""
+  from data import transforms  # pylint: disable=import-outside-toplevel
+  from tasks import overlay  # pylint: disable=import-outside-toplevel
   h, w, c = data.spec.init_args[0].shape[1:]
   for path in inputs.get('image', []):
-    pil = Image.open(path).convert('L' if c == 1 else 'RGB').resize((w, h), Image.BILINEAR)
-    image = np.asarray(pil, np.float32).reshape(1, h, w, c) / 255.0
-    image = (image - np.asarray(config.data.mean)) / np.asarray(config.data.std)
+    if config.data.eval_crop_size > 0:
+      image = transforms.resize_center_crop(overlay.read_image(path, None, c),
+                                            config.data.eval_crop_size,
+                                            config.data.eval_resize_size)
+    else:
+      image = overlay.read_image(path, (h, w), c)
     batch = np.zeros((config.eval_batch_size, h, w, c), np.float32)
-    batch[0] = image[0]
+    batch[0] = transforms.normalize(image[None], config.data.mean, config.data.std)[0]
     print(f'{path}\t{int(predict_batch({"image": batch})[0])}')

@@ -2,13 +2,16 @@
 
 import math
 import time
+import types
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from configs import vit_cifar10
 from data import fashion_mnist, pipeline, sources, transforms
+from tasks import classification
 from tests.conftest import tiny_config, write_idx
 
 
@@ -325,3 +328,25 @@ def test_unknown_dataset_and_source():
   c.data.source = 'ftp'
   with pytest.raises(ValueError, match='Unknown data.source'):
     sources.build(c, 'train')
+
+
+@pytest.mark.parametrize('crop', [0, 8])
+def test_image_predictions_see_the_eval_view(tmp_path, crop, capsys):
+  # train.predict --image for a classifier: with eval_crop_size the ImageNet view
+  # (shorter side to eval_resize_size, central crop) that the eval batches use, else
+  # the image resized to the input size; normalised as the eval batches are.
+  pixels = np.random.default_rng(0).integers(0, 256, (12, 20, 3), np.uint8)
+  path = str(tmp_path / 'photo.png')
+  Image.fromarray(pixels).save(path)
+  config = vit_cifar10.get_config()
+  config.data.eval_crop_size, config.data.eval_resize_size = crop, 10
+  config.eval_batch_size = 2
+  data = types.SimpleNamespace(spec=pipeline.image_spec(10, (8, 8, 3)))
+  seen = []
+  classification.predict_cli(config, data, lambda batch: seen.append(batch['image']) or
+                             np.array([7, 0]), {'image': [path]})
+  view = (transforms.resize_center_crop(pixels, 8, 10) if crop
+          else transforms.resize(pixels, 8, 8))
+  np.testing.assert_allclose(seen[0][0], transforms.normalize(
+      view[None], config.data.mean, config.data.std)[0], atol=1e-6)
+  assert not seen[0][1].any() and capsys.readouterr().out == f'{path}\t7\n'

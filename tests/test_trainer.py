@@ -163,6 +163,25 @@ def test_eval_only_reproduces_the_logged_metrics_and_touches_nothing(six_step_ru
   assert epochs == pytest.approx([s * 16 / 48 for s in (2, 3, 4, 6)])  # step * batch / 48.
 
 
+def test_predictor_ranks_best_by_the_runs_own_metric_and_needs_no_init_from_weights(
+    six_step_runs, tmp_path):
+  # The run's config.json, not the config passed to evaluate, says how 'best' is ranked.
+  config, full, _ = six_step_runs
+  workdir = _copy_of(full, tmp_path)
+  final = json.loads(open(os.path.join(workdir, 'final_metrics.json')).read())
+  losses = {r['step']: r['loss'] for r in _rows(workdir) if r['split'] == 'validation'}
+  mode = 'min' if min(losses, key=losses.get) != final['selected_step'] else 'max'
+  expected = (min if mode == 'min' else max)(losses, key=losses.get)
+  assert expected != final['selected_step']  # Ranking by loss picks another step.
+  saved = json.loads(open(os.path.join(workdir, 'config.json')).read())
+  saved['checkpoint'].update(best_metric='loss', best_mode=mode)
+  with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+    json.dump(saved, f)
+  passed = copy.deepcopy(config)  # Still top1 / max, as the run's own file said before.
+  passed.init_from = '/nonexistent/pretrained/weights'  # Never read when restoring.
+  assert restore.Predictor(passed, workdir, 'best').step == expected
+
+
 def test_eval_only_errors(six_step_runs, tmp_path):
   config, full, _ = six_step_runs
   empty = str(tmp_path / 'empty')

@@ -330,7 +330,9 @@ class Checkpointer:
     """The newest checkpoint with its params (and model state) replaced by the mean
     over the `num_checkpoints` newest ones: checkpoint averaging (Vaswani et al. 2017,
     Sec. 6.1, "averaging the last 5 checkpoints"). For prediction; the optimizer state
-    is the newest checkpoint's.
+    is the newest checkpoint's. These are the newest of the checkpoints kept: the
+    newest `keep` and the best by validation, so with num_checkpoints > keep an older
+    best step can be among them (the log names the steps averaged).
 
     Raises ValueError when fewer than `num_checkpoints` checkpoints exist.
     """

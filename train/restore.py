@@ -5,6 +5,7 @@ Nothing under the run's workdir is created, moved or rewritten except
 <workdir>/eval/<split>_step<N>.json, which `evaluate_checkpoint` writes.
 """
 
+import copy
 import functools
 import json
 import os
@@ -30,9 +31,10 @@ class Predictor:
   Args:
     config: the run's config (its model must build the checkpoint's structure).
     workdir: the run directory.
-    checkpoint: 'last' (the newest), 'best' (best on validation by
-      config.checkpoint.best_metric, as the run kept it; the newest when no checkpoint
-      has validation metrics, as training picks the one it tests) or a step number.
+    checkpoint: 'last' (the newest), 'best' (best on validation by the run's own
+      checkpoint.best_metric and best_mode, from <workdir>/config.json, as the run kept
+      it; the newest when no checkpoint has validation metrics, as training picks the
+      one it tests) or a step number.
     average_last: > 1 averages the params of that many newest checkpoints instead
       (Vaswani et al. 2017, Sec. 6.1); only with checkpoint='last'.
     roles: the eval sets the caller will evaluate ('validation', 'test'), checked
@@ -59,7 +61,11 @@ class Predictor:
     _warn_of_model_changes(workdir, config)
     self.config = config
     self.engine = engine = parallel.build(config.parallel)
-    trainer.validate(config, engine.num_devices)
+    # The checkpoint holds the trained weights: config.init_from (the weights training
+    # started from) is not read here, so it need not exist on this machine any more.
+    checked = copy.deepcopy(config)
+    checked.init_from, checked.init_into = '', ''
+    trainer.validate(checked, engine.num_devices)
     self.task_module = tasks.get(config.task)
     self.data = self.task_module.build_data(config)
     for role in roles:
@@ -68,8 +74,11 @@ class Predictor:
     self.model, self.task, _, _, init_fn = trainer.build_components(
         config, total_steps, self.data.spec, engine.axis_name)
     abstract = trainer.abstract_state(init_fn, engine)
-    ckpt = checkpoint_lib.Checkpointer(workdir, best_metric=config.checkpoint.best_metric,
-                                       best_mode=config.checkpoint.best_mode,
+    # 'best' is the run's own: ranked by the metric and mode it trained with.
+    saved = run_config.load(workdir) or {}
+    best_metric = saved.get('checkpoint.best_metric', config.checkpoint.best_metric)
+    best_mode = saved.get('checkpoint.best_mode', config.checkpoint.best_mode)
+    ckpt = checkpoint_lib.Checkpointer(workdir, best_metric=best_metric, best_mode=best_mode,
                                        async_save=False, read_only=True)
     try:
       state = self._restore(ckpt, abstract, checkpoint, average_last)
