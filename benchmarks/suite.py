@@ -21,8 +21,14 @@ Columns: examples/s (target tokens/s for the Transformer), step time, compile ti
 the first step, compilation included; PyTorch: the first step, which is where cuDNN
 autotuning and torch.compile's compilation happen), and MFU = FLOPs per step / step time
 / the device's peak dense bf16 FLOP/s (PEAK_TFLOPS by device name, or --peak_tflops).
-FLOPs per step are XLA's cost analysis of this codebase's compiled step; the PyTorch rows
-run the same architecture, so they are given the same count.
+FLOPs per step are XLA's cost analysis of this codebase's traced step (train.bench); the
+PyTorch rows run the same architecture, so they are given the same count.
+
+Each workload's rows are printed as soon as they are timed, so a run cut short by a time
+limit keeps the rows before it; a row that fails (e.g. torch.compile without a working
+Triton or C compiler) says why in its note and the others still run. Under a
+per-command time limit (10 minutes on the lent GPU machines), run one workload per
+command: --rows=resnet50, then vit_b16, then transformer.
 
 Machines whose image lacks some of the project's wheels (e.g. grain, ml_collections,
 faster-coco-eval): download them where pip works (README: "GPU benchmark suite") and
@@ -45,7 +51,7 @@ os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 # pylint: disable=wrong-import-position
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 import tasks
 from tasks import common as task_common
@@ -179,14 +185,26 @@ def transformer_twins(model, config, device, image_size, torch_compile):
       self.core = torch.nn.Transformer(
           model.d_model, model.num_heads, model.num_encoder_layers, model.num_decoder_layers,
           model.d_ff, model.dropout_rate, batch_first=True, norm_first=model.pre_ln)
+      # The config's dropout acts on the embeddings and on every sub-layer's output
+      # (Vaswani et al. 2017, Sec. 5.4), not on attention weights or the FFN's hidden
+      # units, which torch.nn.Transformer's one rate also drops: those are turned off,
+      # and the embeddings get theirs.
+      for layer in [*self.core.encoder.layers, *self.core.decoder.layers]:
+        layer.dropout = torch.nn.Identity()  # The FFN's hidden units.
+        for attention in (layer.self_attn, getattr(layer, 'multihead_attn', None)):
+          if attention is not None:
+            attention.dropout = 0.0
+      self.embedding_dropout = torch.nn.Dropout(model.dropout_rate)
       table = transformer.sinusoidal_position_encoding(length, model.d_model)
       self.register_buffer('positions', torch.as_tensor(np.asarray(table), dtype=torch.float32))
-      self.causal = torch.nn.Transformer.generate_square_subsequent_mask(length)
+      # A buffer, so it lives on the device: no host-to-device copy (and sync) per step.
+      self.register_buffer('causal', torch.nn.Transformer.generate_square_subsequent_mask(
+          length), persistent=False)
 
     def forward(self, source, target):
-      emb = lambda ids: self.embed(ids) * math.sqrt(model.d_model) + self.positions
-      out = self.core(emb(source), emb(target), tgt_mask=self.causal.to(source.device),
-                      tgt_is_causal=True)
+      emb = lambda ids: self.embedding_dropout(
+          self.embed(ids) * math.sqrt(model.d_model) + self.positions)
+      out = self.core(emb(source), emb(target), tgt_mask=self.causal, tgt_is_causal=True)
       return out @ self.embed.weight.T
 
   def build(wrap):
@@ -220,10 +238,9 @@ WORKLOADS = {
         {'batch_size': 8, 'model.image_size': 32, 'model.num_layers': 1},
         224, 32, vit_twins),
     'transformer': Workload(
-        # torch.nn.Transformer's one dropout also drops attention weights and the FFN's
-        # hidden units: the same work on both sides.
-        'transformer_wmt14', {'batch_size': 96, 'model.attention_dropout_rate': 0.1,
-                              'model.relu_dropout_rate': 0.1},
+        # The config as it trains (dropout on embeddings and sub-layer outputs only); the
+        # PyTorch twin turns off the dropouts torch.nn.Transformer adds to that.
+        'transformer_wmt14', {'batch_size': 96},
         {'batch_size': 8, 'data.max_length': 16, 'data.vocab_size': 512, 'model.d_model': 64,
          'model.num_heads': 2, 'model.d_ff': 128, 'model.num_encoder_layers': 1,
          'model.num_decoder_layers': 1},
@@ -292,26 +309,45 @@ def run_workload(name: str, smoke: bool, steps: int, peak: Optional[float],
   torch_note = ('PyTorch on the CPU (no CUDA in this torch)'
                 if device.type == 'cpu' and jax.default_backend() != 'cpu' else '')
   for impl, build in twins:
-    timing = torch_row(build(), steps, warmup, device)
+    try:
+      timing = torch_row(build(), steps, warmup, device)
+    except Exception as e:  # pylint: disable=broad-except
+      # E.g. torch.compile without a working Triton / C compiler: the row says why and
+      # the other rows still run.
+      rows.append(row(impl, None, None, note=failure_note(e)))
+      continue
     rows.append(row(impl, timing['compile_s'], timing['step_s'], note=torch_note))
     if device.type == 'cuda':
       torch.cuda.empty_cache()
   return rows
 
 
+def failure_note(error: Exception) -> str:
+  """'failed: <type>: <first line of the message>' for a table row (no '|')."""
+  first_line = (str(error).strip().splitlines() or [''])[0][:160]
+  return f'failed: {type(error).__name__}: {first_line}'.replace('|', '/')
+
+
+def table_header(device: str) -> str:
+  """The line naming the device and the Markdown table's header."""
+  return '\n'.join([
+      f'device: {device}', '',
+      '| workload | implementation | batch | throughput | step (ms) | compile (s) | MFU | note |',
+      '|---|---|---:|---:|---:|---:|---:|---|'])
+
+
+def format_row(r: dict) -> str:
+  """One row (run_workload) of the Markdown table."""
+  fmt = lambda v, spec, unit='': '—' if v is None else format(v, spec) + unit
+  rate = '—' if r['items_per_s'] is None else f"{r['items_per_s']:,.0f} {r['unit']}"
+  return (f"| {r['workload']} | {r['implementation']} | {r['batch']} | {rate} | "
+          f"{fmt(r['step_ms'], '.1f')} | {fmt(r['compile_s'], '.1f')} | "
+          f"{fmt(None if r['mfu'] is None else 100 * r['mfu'], '.1f', '%')} | {r['note']} |")
+
+
 def format_table(rows: list[dict], device: str) -> str:
   """A Markdown table of `rows` (run_workload) under a line naming the device."""
-  fmt = lambda v, spec, unit='': '—' if v is None else format(v, spec) + unit
-  lines = [f'device: {device}', '',
-           '| workload | implementation | batch | throughput | step (ms) | compile (s) | MFU | note |',
-           '|---|---|---:|---:|---:|---:|---:|---|']
-  for r in rows:
-    rate = '—' if r['items_per_s'] is None else f"{r['items_per_s']:,.0f} {r['unit']}"
-    lines.append(f"| {r['workload']} | {r['implementation']} | {r['batch']} | {rate} | "
-                 f"{fmt(r['step_ms'], '.1f')} | {fmt(r['compile_s'], '.1f')} | "
-                 f"{fmt(None if r['mfu'] is None else 100 * r['mfu'], '.1f', '%')} | "
-                 f"{r['note']} |")
-  return '\n'.join(lines)
+  return '\n'.join([table_header(device)] + [format_row(r) for r in rows])
 
 
 def main(argv):
@@ -321,13 +357,29 @@ def main(argv):
     raise app.UsageError(f'Unknown rows {unknown}; valid: {sorted(WORKLOADS)}')
   kind = jax.devices()[0].device_kind
   peak = peak_flops(kind, FLAGS.peak_tflops)
-  steps = 1 if FLAGS.smoke else FLAGS.steps
-  rows = [r for name in FLAGS.rows
-          for r in run_workload(name, FLAGS.smoke, steps, peak, FLAGS.torch_compile)]
   peak_note = f'peak {peak / 1e12:.0f} TFLOP/s bf16' if peak else 'peak unknown: no MFU'
   smoke_note = ' -- SMOKE sizes, not a measurement' if FLAGS.smoke else ''
-  print(format_table(rows, f'{jax.device_count()}x {kind} ({jax.default_backend()}, '
-                           f'{peak_note}){smoke_note}'))
+  print_table(FLAGS.rows, FLAGS.smoke, 1 if FLAGS.smoke else FLAGS.steps, peak,
+              FLAGS.torch_compile, f'{jax.device_count()}x {kind} ({jax.default_backend()}, '
+                                   f'{peak_note}){smoke_note}')
+
+
+def print_table(names, smoke: bool, steps: int, peak: Optional[float], torch_compile: bool,
+                device: str) -> None:
+  """Prints the table of workloads `names`, each workload's rows as soon as they are
+  timed: a run cut short by a time limit keeps the rows before it, and a workload that
+  fails gets one row naming the error."""
+  print(table_header(device), flush=True)
+  for name in names:
+    try:
+      rows = run_workload(name, smoke, steps, peak, torch_compile)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.exception('Workload %s failed', name)
+      rows = [{'workload': name, 'implementation': 'this codebase', 'batch': None,
+               'items_per_s': None, 'unit': '', 'step_ms': None, 'compile_s': None,
+               'mfu': None, 'note': failure_note(e)}]
+    for r in rows:
+      print(format_row(r), flush=True)
 
 
 if __name__ == '__main__':

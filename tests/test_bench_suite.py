@@ -36,10 +36,9 @@ def test_every_row_runs_at_smoke_sizes(name):
 
 
 def test_step_flops_count_every_device_and_micro_batch():
-  # XLA's cost analysis covers one device's share of the step and a lax.scan body once:
-  # the same global batch on 8 devices, or in 4 accumulated micro-batches, is the same
-  # work, up to the optimizer update (each device updates its replica of the
-  # parameters; with 4 micro-batches it is counted 4 times): ~5 % of this tiny step.
+  # XLA's cost analysis of the traced step counts a lax.scan body once: the same global
+  # batch on 8 devices, or in 4 accumulated micro-batches, is the same work, up to the
+  # optimizer update (with 4 micro-batches it is counted 4 times): ~5 % of this tiny step.
   import jax  # pylint: disable=import-outside-toplevel
   from configs import resnet18_fashion_mnist  # pylint: disable=import-outside-toplevel
   from train import bench  # pylint: disable=import-outside-toplevel
@@ -53,3 +52,31 @@ def test_step_flops_count_every_device_and_micro_batch():
   one = flops(jax.devices()[:1], 1)
   assert flops(jax.devices(), 1) == pytest.approx(one, rel=0.1)
   assert flops(jax.devices()[:1], 4) == pytest.approx(one, rel=0.1)
+
+
+def test_a_failing_row_is_reported_and_the_others_still_print(monkeypatch, capsys):
+  # One workload raising (as torch.compile can on a GPU without a C compiler) leaves a
+  # row naming the error; the rows timed before and after it are printed all the same.
+  def run_workload(name, *args):
+    if name == 'vit_b16':
+      raise RuntimeError('Triton not found\nmore detail')
+    return [{'workload': name, 'implementation': 'this codebase', 'batch': 2,
+             'items_per_s': 10.0, 'unit': 'examples/s', 'step_ms': 200.0, 'compile_s': 1.0,
+             'mfu': None, 'note': ''}]
+  monkeypatch.setattr(suite, 'run_workload', run_workload)
+  suite.print_table(['resnet50', 'vit_b16', 'transformer'], False, 1, None, False, 'dev')
+  lines = capsys.readouterr().out.splitlines()
+  assert [l.split(' | ')[0] for l in lines if l.startswith('| ') and 'workload' not in l] == [
+      '| resnet50', '| vit_b16', '| transformer']
+  assert '| failed: RuntimeError: Triton not found |' in [l for l in lines if 'vit_b16' in l][0]
+
+
+def test_a_failing_pytorch_row_says_why(monkeypatch):
+  def torch_row(*args):
+    raise RuntimeError('Inductor needs a C compiler')
+  monkeypatch.setattr(suite, 'torch_row', torch_row)
+  ours, *torch_rows = suite.run_workload('transformer', smoke=True, steps=1, peak=None,
+                                         torch_compile=False)
+  assert ours['items_per_s'] > 0
+  assert torch_rows and all(r['items_per_s'] is None and r['note'] == (
+      'failed: RuntimeError: Inductor needs a C compiler') for r in torch_rows)

@@ -61,15 +61,18 @@ def benchmark(config, steps: int, image_size: int = 0, devices=None) -> dict:
   flops = None
   t = time.perf_counter()  # compile_s: compilation and the first step.
   if engine.name == 'jit':
-    # Run the executable that was analysed, so the step is compiled once.
-    step_fn = step_fn.lower(state, batch).compile()
-    cost = step_fn.cost_analysis()
+    lowered = step_fn.lower(state, batch)
+    # Counted on the step as traced, before XLA's optimisations: the whole step on all
+    # devices (the compiled executable's analysis covers one device's share), and on
+    # GPUs before matmuls and convolutions become cuBLAS/cuDNN custom calls, which that
+    # analysis leaves out (jax-ml/jax#16008). A lax.scan body counts once: scale by the
+    # gradient-accumulation micro-batches (the optimizer update, outside the scan, is
+    # then over-counted; it is a small part of a step).
+    cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = (cost or {}).get('flops')
-    # The analysis covers one device's share, and a lax.scan body once: scale by the
-    # devices and by the gradient-accumulation scan's micro-batches (the optimizer
-    # update, outside the scan, is then over-counted; it is a small part of a step).
-    flops = flops and flops * engine.num_devices * config.grad_accum_steps
+    flops = flops and flops * config.grad_accum_steps
+    step_fn = lowered.compile()  # Compiled once, here.
   state, metrics = step_fn(state, batch)
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - t
