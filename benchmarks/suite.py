@@ -375,7 +375,7 @@ def print_table(names, smoke: bool, steps: int, peak: Optional[float], torch_com
       rows = run_workload(name, smoke, steps, peak, torch_compile)
     except Exception as e:  # pylint: disable=broad-except
       logging.exception('Workload %s failed', name)
-      rows = [{'workload': name, 'implementation': 'this codebase', 'batch': None,
+      rows = [{'workload': name, 'implementation': 'this codebase', 'batch': '—',
                'items_per_s': None, 'unit': '', 'step_ms': None, 'compile_s': None,
                'mfu': None, 'note': failure_note(e)}]
     for r in rows:
