@@ -170,10 +170,10 @@ def eval_batches(config, source, split: str, num_classes: int, *, process_index:
                  process_count: int = 1) -> Iterator[dict]:
   """Padded eval batches covering this process's shard of `source` once."""
   data = config.data
-  ds = grain.MapDataset.range(len(source))[process_index::process_count].map(
+  ds = grain.MapDataset.range(len(source)).map(
       EvalExample(source, num_classes, split, data.image_size, data.max_boxes))
   normalize = Normalize(tuple(data.mean), tuple(data.std))
-  for batch in pipeline.padded_batches(ds, len(source), config.eval_batch_size, data,
+  for batch in pipeline.padded_batches(ds, config.eval_batch_size, data, process_index,
                                        process_count):
     yield normalize.map(batch)
 

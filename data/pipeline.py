@@ -158,31 +158,36 @@ def eval_batches(config, source, *, process_index: int = 0,
   Batches: {'image': [local_batch, h, w, c] float32, 'label': [local_batch] int32,
   'mask': [local_batch] float32 (1 for real examples, 0 for padding)}.
   """
-  ds = grain.MapDataset.source(source)[process_index::process_count]
+  ds = grain.MapDataset.source(source)
   if config.data.eval_crop_size > 0:
     ds = ds.map(transforms.ResizeCenterCrop(config.data.eval_crop_size,
                                             config.data.eval_resize_size))
-  batches = padded_batches(ds, len(source), config.eval_batch_size, config.data, process_count)
+  batches = padded_batches(ds, config.eval_batch_size, config.data, process_index,
+                           process_count)
   normalise = transforms.EvalPreprocess(tuple(config.data.mean), tuple(config.data.std))
   for batch in batches:
     yield normalise.map(batch)
 
 
-def padded_batches(ds: grain.MapDataset, num_examples: int, global_batch_size: int, data_config,
-                   process_count: int) -> Iterator[dict]:
-  """Batches of this process's shard `ds` (of a split of `num_examples`), each padded
-  to the local batch size with zeros and a float32 'mask' (0 on padding); processes
-  with shorter shards add all-padding batches so every process runs the same number."""
+def padded_batches(ds: grain.MapDataset, global_batch_size: int, data_config,
+                   process_index: int, process_count: int) -> Iterator[dict]:
+  """Batches of this process's shard ds[process_index::process_count] of the whole eval
+  split `ds` (its examples as the batches hold them), each padded to the local batch
+  size with zeros and a float32 'mask' (0 on padding); processes with shorter shards
+  add all-padding batches so every process runs the same number (an empty shard, with
+  more processes than examples, only those)."""
   batch = local_batch_size(global_batch_size, process_count)
-  total = num_eval_batches(num_examples, global_batch_size, process_count)
-  ds = ds.batch(batch).to_iter_dataset(grain.ReadOptions(
+  total = num_eval_batches(len(ds), global_batch_size, process_count)
+  shard = ds[process_index::process_count].batch(batch).to_iter_dataset(grain.ReadOptions(
       num_threads=data_config.num_threads, prefetch_buffer_size=data_config.prefetch_batches))
   template = None
   count = 0
-  for element in ds:
+  for element in shard:
     template = element
     yield _pad(element, batch, len(next(iter(element.values()))))
     count += 1
+  if count < total and template is None:  # Shapes and dtypes of the padding rows.
+    template = ds[:1].batch(1)[0]
   for _ in range(total - count):  # Shards shorter than the others: all-padding batches.
     yield _pad({k: v[:0] for k, v in template.items()}, batch, 0)
 

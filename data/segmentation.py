@@ -288,11 +288,11 @@ def eval_batches(config, source, split: str, *, process_index: int = 0,
   'mask': [local_batch] float32}. Raises ValueError for bad labels or shapes.
   """
   data = config.data
-  ds = grain.MapDataset.source(source)[process_index::process_count].map(CheckExample(split))
+  ds = grain.MapDataset.source(source).map(CheckExample(split))
   preprocess = EvalPreprocess(mean=tuple(data.mean), std=tuple(data.std),
                               num_classes=data.num_classes, ignore_label=data.ignore_label,
                               split=split)
-  for batch in pipeline.padded_batches(ds, len(source), config.eval_batch_size, data,
+  for batch in pipeline.padded_batches(ds, config.eval_batch_size, data, process_index,
                                        process_count):
     yield preprocess.map(batch)
 

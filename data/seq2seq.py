@@ -209,9 +209,8 @@ class Seq2SeqData:
     'mask' [b] float32."""
     c = self.config
     size = len(self.corpus.eval_sets[role].sources)
-    ds = grain.MapDataset.range(size)[process_index::process_count]
-    ds = ds.map(functools.partial(self.eval_example, role))
-    return pipeline.padded_batches(ds, size, c.eval_batch_size, c.data, process_count)
+    ds = grain.MapDataset.range(size).map(functools.partial(self.eval_example, role))
+    return pipeline.padded_batches(ds, c.eval_batch_size, c.data, process_index, process_count)
 
   def score(self, role: str, indices: np.ndarray, outputs: np.ndarray) -> dict:
     """Task metrics of decoded `outputs` [n, length] int32 for the examples `indices`

@@ -261,16 +261,18 @@ def test_each_process_draws_its_own_augmentations(fmnist_dir):
 
 def test_eval_batches_cover_split_exactly_once(fmnist_dir):
   c = tiny_config(fmnist_dir)
-  c.eval_batch_size = 16
+  c.eval_batch_size = 48
   source = sources.build(c, 'test')  # 36 examples.
-  for count in (1, 2):
+  for count in (1, 2, 48):  # 48 processes: 12 of them have no example at all.
     seen = []
-    lengths = set()
+    lengths, shapes = set(), set()
     for index in range(count):
       batches = list(pipeline.eval_batches(c, source, process_index=index, process_count=count))
       lengths.add(len(batches))
       seen += [b['label'][b['mask'] > 0] for b in batches]
+      shapes |= {(b['image'].shape, b['image'].dtype) for b in batches}
     assert len(lengths) == 1  # Every process runs the same number of batches.
+    assert len(shapes) == 1  # Of the same shapes, empty shards' padding included.
     np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.sort(source.labels))
 
 
