@@ -194,10 +194,16 @@ def _split_into(into: str) -> tuple:
   return tuple(part for part in into.split('/') if part)
 
 
+# A classifier's modules that a backbone (init_into) may lack: the head, and
+# MobileNetV2's last 1x1 convolution to 1280 channels (torchvision's features.18), which
+# its features_only backbone (the YOLOv3 detector's) does not have.
+_CLASSIFIER_MODULES = mapping.HEADS + ('head_conv',)
+
+
 def _target(ours: dict, theirs: dict, into: tuple, source: str) -> tuple[dict, dict, list]:
   """The model's variables under module `into` (all of them for ()), the loaded ones
-  placed there, and notes on what of the source is left out (its classifier `head`
-  when `into` has none).
+  placed there, and notes on what of the source is left out (its classifier `head`, and
+  MobileNetV2's `head_conv`, when `into` has none).
 
   Raises ValueError when `into` names no module of the model, listing its modules."""
   if not into:
@@ -209,7 +215,7 @@ def _target(ours: dict, theirs: dict, into: tuple, source: str) -> tuple[dict, d
   placed, left_out = {}, set()
   for path, value in theirs.items():
     moved = (path[0], *into, *path[1:])
-    if moved not in target and path[1] in mapping.HEADS:
+    if moved not in target and path[1] in _CLASSIFIER_MODULES:
       left_out.add(path[1])
     else:
       placed[moved] = value

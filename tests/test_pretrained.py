@@ -2,6 +2,7 @@
 what is loaded, resized, reinitialised and left out, the errors, and fine-tuning runs
 under tfds mock data and on a tiny Fashion-MNIST."""
 
+import functools
 import json
 import os
 import subprocess
@@ -270,3 +271,21 @@ def test_a_run_as_init_from_may_change_regularisation_not_what_its_weights_compu
   config.model.pre_ln = not config.model.get('pre_ln', False)
   with pytest.raises(ValueError, match='pre_ln: weights'):
     check()
+
+
+def test_init_into_a_backbone_leaves_out_mobilenet_v2s_classifier_convolution():
+  # A MobileNetV2 classifier's head_conv (1x1 to 1280 channels) and head are the
+  # classifier's; its features_only backbone (yolov3_mobilenet_v2's) has neither.
+  init = lambda model: jax.eval_shape(functools.partial(model.init, train=False),
+                                      jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+  classifier = mapping.flatten(init(nets.build(
+      'mobilenet_v2', num_classes=10, width_multiplier=0.35, num_channels=1)))
+  detector = mapping.flatten(init(nets.build('yolov3_mobilenet_v2', num_classes=10,
+                                             width=0.35, num_anchors=3, num_channels=1)))
+  target, placed, notes = pretrained._target(  # pylint: disable=protected-access
+      detector, classifier, ('backbone',), 'RUN')
+  assert {'head', 'head_conv'} == {p[1] for p in classifier} - {p[2] for p in placed}
+  assert set(placed) <= set(target) and len(placed) == len(classifier) - sum(
+      p[1] in ('head', 'head_conv') for p in classifier)
+  assert notes == ['not loaded: head of RUN (backbone has none)',
+                   'not loaded: head_conv of RUN (backbone has none)']
