@@ -65,7 +65,7 @@ def benchmark(config, steps: int, image_size: int = 0, devices=None) -> dict:
     # Counted on the step as traced, before XLA's optimisations: the whole step on all
     # devices (the compiled executable's analysis covers one device's share), and on
     # GPUs before matmuls and convolutions become cuBLAS/cuDNN custom calls, which that
-    # analysis leaves out (jax-ml/jax#16008). A lax.scan body counts once: scale by the
+    # analysis leaves out (jax-ml/jax#22249). A lax.scan body counts once: scale by the
     # gradient-accumulation micro-batches (the optimizer update, outside the scan, is
     # then over-counted; it is a small part of a step).
     cost = lowered.cost_analysis()
