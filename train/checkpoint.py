@@ -216,7 +216,7 @@ class Checkpointer:
   def best_step(self) -> int | None:
     """The step of the best checkpoint by `best_metric` among those saved with
     metrics (None without `best_metric` or such a checkpoint)."""
-    if not self.best_metric or all(self.manager.metrics(s) is None for s in self.all_steps()):
+    if not self.best_metric or not self.ranked_steps():
       return None
     return self.manager.best_step()
 

@@ -91,10 +91,16 @@ def _supersede_rows_after(path: str, step: int) -> set:
     with open(os.path.join(os.path.dirname(path), 'metrics_superseded.jsonl'), 'a',
               encoding='utf-8') as f:
       f.writelines(json.dumps(r) + '\n' for r in superseded)
-    with open(path + '.tmp', 'w', encoding='utf-8') as f:
-      f.writelines(json.dumps(r) + '\n' for r in kept)
-    os.replace(path + '.tmp', path)  # Atomic: a crash leaves the old or the new file.
+    write_atomically(path, ''.join(json.dumps(r) + '\n' for r in kept))
   return {(r['step'], r['split']) for r in kept}
+
+
+def write_atomically(path: str, text: str) -> None:
+  """Writes `text` to `path` through `path`.tmp and a rename: a crash leaves the old file
+  or the new one whole, never a cut one (a restart reads these files)."""
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
 
 
 def _format(name: str, value: float) -> str:

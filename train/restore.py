@@ -58,7 +58,8 @@ class Predictor:
     if average_last != 1 and checkpoint != 'last':
       raise ValueError('average_last > 1 averages the newest checkpoints; use it only with '
                        f"checkpoint='last', not {checkpoint!r}")
-    _warn_of_model_changes(workdir, config)
+    saved = run_config.load(workdir)  # None for a workdir without config.json.
+    _warn_of_model_changes(workdir, saved, config)
     self.config = config
     self.engine = engine = parallel.build(config.parallel)
     # The checkpoint holds the trained weights: config.init_from (the weights training
@@ -75,9 +76,8 @@ class Predictor:
         config, total_steps, self.data.spec, engine.axis_name)
     abstract = trainer.abstract_state(init_fn, engine)
     # 'best' is the run's own: ranked by the metric and mode it trained with.
-    saved = run_config.load(workdir) or {}
-    best_metric = saved.get('checkpoint.best_metric', config.checkpoint.best_metric)
-    best_mode = saved.get('checkpoint.best_mode', config.checkpoint.best_mode)
+    best_metric = (saved or {}).get('checkpoint.best_metric', config.checkpoint.best_metric)
+    best_mode = (saved or {}).get('checkpoint.best_mode', config.checkpoint.best_mode)
     ckpt = checkpoint_lib.Checkpointer(workdir, best_metric=best_metric, best_mode=best_mode,
                                        async_save=False, read_only=True)
     try:
@@ -180,7 +180,7 @@ def evaluate_checkpoint(config, workdir: str, checkpoint='last', role: str = 'te
   return result
 
 
-def _warn_of_model_changes(workdir: str, config) -> None:
+def _warn_of_model_changes(workdir: str, saved: dict | None, config) -> None:
   """Logs the model fields and normalisation in which `config` differs from the run's
   own <workdir>/config.json. The checkpoint check catches fields that change shapes;
   these (e.g. model.approximate_gelu, data.mean) restore without error but compute
@@ -188,7 +188,7 @@ def _warn_of_model_changes(workdir: str, config) -> None:
   not repeated. Fields that do not change what the weights compute (implementation
   choices, dropout: `nets.changes_computation`) are left out."""
   changes = {field: values for field, values in
-             run_config.diff(run_config.load(workdir), config).items()
+             run_config.diff(saved, config).items()
              if (field.startswith('model.') and nets.changes_computation(field[len('model.'):]))
              or field in ('data.mean', 'data.std')}
   if changes:

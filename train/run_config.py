@@ -16,6 +16,8 @@ import time
 import jax
 from absl import app
 
+from train import reporting
+
 # Fields that give the training data position a checkpoint saves its meaning: Grain
 # saves the number of batches read from the (seeded) shuffled order, per worker
 # process, so under another value a resumed run would skip or repeat examples. A
@@ -113,7 +115,5 @@ def record(workdir: str, config, step: int, changes: dict) -> None:
     with open(os.path.join(workdir, 'config_changes.jsonl'), 'a', encoding='utf-8') as f:
       f.write(json.dumps({'time': time.time(), 'step': step,
                           'changes': {k: list(v) for k, v in changes.items()}}) + '\n')
-  path = os.path.join(workdir, 'config.json')
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    f.write(config.to_json_best_effort(indent=2))
-  os.replace(path + '.tmp', path)
+  reporting.write_atomically(os.path.join(workdir, 'config.json'),
+                             config.to_json_best_effort(indent=2))

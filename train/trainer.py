@@ -368,11 +368,9 @@ def run(config, workdir: str) -> dict:
                compile_seconds=compile_seconds or 0.0,
                train_examples_per_sec=(timed_steps * config.batch_size / train_seconds
                                        if train_seconds > 0 else 0.0))
-  if jax.process_index() == 0:  # Written whole or not at all (a restart reads it).
-    path = os.path.join(workdir, 'final_metrics.json')
-    with open(path + '.tmp', 'w', encoding='utf-8') as f:
-      json.dump(final, f, indent=2)
-    os.replace(path + '.tmp', path)
+  if jax.process_index() == 0:
+    reporting.write_atomically(os.path.join(workdir, 'final_metrics.json'),
+                               json.dumps(final, indent=2))
   logging.info('Done at step %d: %s', step, json.dumps(final))
   return final
 
