@@ -83,6 +83,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.optim.end_learning_rate_factor = 0.0  # Final lr / peak lr for cosine and linear.
   c.optim.step_boundaries = (0.5, 0.75)   # 'step': fractions of the decay phase ...
   c.optim.step_factor = 0.1               # ... where the lr is multiplied by this.
+  c.optim.ema_decay = 0.0         # > 0 (e.g. 0.999): keep an exponential moving average
+                                  # of the weights (BatchNorm statistics included) and
+                                  # validate, test, select, predict and export with it.
 
   c.data = ml_collections.ConfigDict()
   c.data.source = 'tfds'          # 'tfds' or 'local_fashion_mnist'.

@@ -38,6 +38,7 @@ import nets
 from nets import vit
 from pretrained import mapping, run
 from train import parallel, run_config
+from train import state as state_lib
 
 # Format name -> module (imported when used: the readers' optional dependencies such
 # as torch load only for their own format).
@@ -282,7 +283,8 @@ def merge(fresh: dict, loaded: dict, source: str, into: str = '') -> tuple[dict,
 
 def initialise(config, state, sharding):
   """The canonical TrainState `state` (freshly initialised) with params and model state
-  loaded from config.init_from and the optimizer state initialised for them, placed
+  loaded from config.init_from and the optimizer state (and the moving average of the
+  weights, when the state keeps one) initialised for them, placed
   with `sharding` (the engine's replicated sharding). Works with multi-process arrays:
   every process reads the same files and builds the same host values.
 
@@ -301,4 +303,4 @@ def initialise(config, state, sharding):
   state = state.replace(step=parallel.replica(state.step), rng=parallel.replica(state.rng),
                         params=params, model_state=variables,
                         opt_state=jax.tree.map(np.asarray, state.tx.init(params)))
-  return jax.device_put(state, sharding)
+  return jax.device_put(state_lib.with_ema_reset(state, copy=np.array), sharding)

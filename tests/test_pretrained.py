@@ -179,6 +179,7 @@ def test_a_classifier_run_initialises_a_unetpp_encoder_through_init_into(tmp_pat
   config = unetpp_fashion_mnist_scenes.get_config()
   config.model.update(encoder='resnet18', width=4 / 64, depth=2)  # The classifier's 2 stages.
   config.update(init_from=source, init_into='encoder')
+  config.optim.ema_decay = 0.999  # The moving average starts at the loaded weights.
   trainer.validate(config, 1)
   engine = parallel.build('jit', jax.devices()[:1])
   _, _, _, _, init_fn = trainer.build_components(config, 1000, pipeline.image_spec(11, (32, 32, 1)))
@@ -194,6 +195,7 @@ def test_a_classifier_run_initialises_a_unetpp_encoder_through_init_into(tmp_pat
                {c: {k: v for k, v in classifier[c].items() if k != 'head'} for c in encoder})
   jax.tree.map(np.testing.assert_array_equal, variables['params']['X_0_1'],
                jax.device_get(fresh.params['X_0_1']))  # The decoder: initialised.
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.ema), variables)
 
   config.init_into = 'encodr'
   with pytest.raises(ValueError, match=r"init_into='encodr' is not a module.*'encoder'"):

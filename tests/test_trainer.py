@@ -627,7 +627,9 @@ def test_checkpoint_averaging_means_the_newest_params(tmp_path):
   def state(step, value):
     params = {'w': np.full((2,), value, np.float32)}
     return TrainState(step=np.int32(step), params=params, model_state={},
-                      opt_state=tx.init(params), rng=np.zeros((2,), np.uint32), tx=tx)
+                      opt_state=tx.init(params), rng=np.zeros((2,), np.uint32), tx=tx,
+                      ema={'params': {'w': np.full((2,), 10 * value, np.float32)}},
+                      ema_decay=0.9)
   ckpt = checkpoint_lib.Checkpointer(str(tmp_path), keep=5, best_metric='', async_save=False)
   iterator = iter(grain.MapDataset.range(4).to_iter_dataset())
   for step, value in ((1, 1.0), (2, 2.0), (3, 6.0)):
@@ -637,6 +639,7 @@ def test_checkpoint_averaging_means_the_newest_params(tmp_path):
   averaged = ckpt.restore_average(abstract, 2)
   assert int(averaged.step) == 3
   np.testing.assert_allclose(averaged.params['w'], [4.0, 4.0])  # (2 + 6) / 2
+  np.testing.assert_allclose(averaged.ema['params']['w'], [40.0, 40.0])  # The average's too.
   with pytest.raises(ValueError, match='Cannot average 4 checkpoints'):
     ckpt.restore_average(abstract, 4)
   ckpt.close()

@@ -37,7 +37,7 @@ from jax.experimental import multihost_utils
 
 from train.state import TrainState
 
-_SAVED_FIELDS = ('step', 'params', 'model_state', 'opt_state', 'rng')
+_SAVED_FIELDS = ('step', 'params', 'model_state', 'opt_state', 'rng', 'ema')
 _TMP_SUFFIX = '.orbax-checkpoint-tmp'
 # Outcomes of checking one step, in increasing severity (processes agree on the worst).
 OK, UNREADABLE, TRANSIENT, MISMATCH, OTHER = range(5)
@@ -58,7 +58,9 @@ class CheckpointReadError(OSError):
 
 
 def _to_tree(state: TrainState) -> dict:
-  return {name: getattr(state, name) for name in _SAVED_FIELDS}
+  """The saved fields; `ema` only when the state keeps a moving average."""
+  return {name: getattr(state, name) for name in _SAVED_FIELDS
+          if getattr(state, name) is not None}
 
 
 def classify_error(error: BaseException) -> int:
@@ -327,7 +329,7 @@ class Checkpointer:
     raise AssertionError('unreachable')
 
   def restore_average(self, abstract_state: TrainState, num_checkpoints: int) -> TrainState:
-    """The newest checkpoint with its params (and model state) replaced by the mean
+    """The newest checkpoint with its params (model state, moving average) replaced by the mean
     over the `num_checkpoints` newest ones: checkpoint averaging (Vaswani et al. 2017,
     Sec. 6.1, "averaging the last 5 checkpoints"). For prediction; the optimizer state
     is the newest checkpoint's. These are the newest of the checkpoints kept: the
@@ -345,7 +347,9 @@ class Checkpointer:
     mean = lambda *xs: sum(xs) / len(xs)
     logging.info('Averaging the checkpoints at steps %s.', steps)
     return states[0].replace(params=jax.tree.map(mean, *[s.params for s in states]),
-                             model_state=jax.tree.map(mean, *[s.model_state for s in states]))
+                             model_state=jax.tree.map(mean, *[s.model_state for s in states]),
+                             ema=(None if states[0].ema is None else
+                                  jax.tree.map(mean, *[s.ema for s in states])))
 
   def _restore(self, step: int, abstract_state: TrainState, data_iterator=None) -> TrainState:
     """The checkpoint at `step` in `abstract_state`'s structure and shardings; moves

@@ -9,7 +9,7 @@ evaluation of a whole eval split. What an input is depends on the task
       --image=scene.png [--out=boxes.png]
   python -m train.predict --config=configs/transformer_g2p.py --eval \
       [--split=test] [--config.decode.beam_size=4] [--checkpoint=best|last|STEP] \
-      [--average_last=3] \
+      [--average_last=3] [--weights=ema|trained] \
       [--workdir=runs/transformer_g2p]
 
 --eval runs the task's evaluators (decoding + WER/PER or BLEU, the segmentation
@@ -44,6 +44,10 @@ _CHECKPOINT = flags.DEFINE_string('checkpoint', 'last', "Which checkpoint: 'last
                                   'a step number.')
 _AVERAGE = flags.DEFINE_integer('average_last', 1, 'Average the params of this many newest '
                                 'checkpoints (Vaswani et al. 2017, Sec. 6.1); 1: the latest.')
+_WEIGHTS = flags.DEFINE_enum('weights', 'ema', ['ema', 'trained'],
+                             "Of a run that kept a moving average of its weights "
+                             "(config.optim.ema_decay > 0): predict with it ('ema') or with the "
+                             "optimizer's weights ('trained'). Other runs have only the latter.")
 flags.mark_flags_as_required(['config'])
 
 
@@ -65,13 +69,13 @@ def main(argv):
     raise app.UsageError(f'--image: no such file: {", ".join(missing)}')
   workdir = run_config.workdir_of(_WORKDIR.value, flags.FLAGS['config'].config_filename)
   predictor = Predictor(config, workdir, _CHECKPOINT.value, _AVERAGE.value,
-                        roles=(_SPLIT.value,) if _EVAL.value else ())
+                        roles=(_SPLIT.value,) if _EVAL.value else (), weights=_WEIGHTS.value)
   predictor.task_module.predict_cli(config, predictor.data, predictor.predict_batch, inputs)
   if _EVAL.value:
     result = predictor.timed_eval(_SPLIT.value)
     print(json.dumps({'device': f'{jax.device_count()}x {jax.devices()[0].device_kind}',
                       'split': predictor.data.eval_splits[_SPLIT.value], 'step': predictor.step,
-                      'average_last': _AVERAGE.value, **result}))
+                      'average_last': _AVERAGE.value, 'weights': _WEIGHTS.value, **result}))
 
 
 if __name__ == '__main__':

@@ -21,6 +21,7 @@ from train import checkpoint as checkpoint_lib
 from train import parallel, run_config, trainer
 
 CHECKPOINT_CHOICES = "'last', 'best' or a step number"
+WEIGHTS_CHOICES = ('ema', 'trained')
 
 
 class Predictor:
@@ -39,6 +40,9 @@ class Predictor:
       (Vaswani et al. 2017, Sec. 6.1); only with checkpoint='last'.
     roles: the eval sets the caller will evaluate ('validation', 'test'), checked
       before anything is restored.
+    weights: 'ema' (the moving average of the weights where the run kept one,
+      config.optim.ema_decay > 0 in its <workdir>/config.json; else the trained ones)
+      or 'trained' (the optimizer's weights, also of a run that kept an average).
   Raises:
     FileNotFoundError: `workdir` has no checkpoints.
     ValueError: bad config fields, an unknown `checkpoint`, a step that was not saved,
@@ -47,7 +51,7 @@ class Predictor:
   """
 
   def __init__(self, config, workdir: str, checkpoint='last', average_last: int = 1,
-               roles=()):
+               roles=(), weights: str = 'ema'):
     directory = os.path.join(workdir, 'checkpoints')
     if not os.path.isdir(directory) or not any(n.isdigit() for n in os.listdir(directory)):
       raise FileNotFoundError(f'No checkpoints in {os.path.abspath(directory)}; train first: '
@@ -55,6 +59,8 @@ class Predictor:
     checkpoint = str(checkpoint)
     if checkpoint not in ('last', 'best') and not checkpoint.isdigit():
       raise ValueError(f'checkpoint={checkpoint!r} is not valid; choose {CHECKPOINT_CHOICES}')
+    if weights not in WEIGHTS_CHOICES:
+      raise ValueError(f'weights={weights!r} is not valid; choose one of {list(WEIGHTS_CHOICES)}')
     if average_last != 1 and checkpoint != 'last':
       raise ValueError('average_last > 1 averages the newest checkpoints; use it only with '
                        f"checkpoint='last', not {checkpoint!r}")
@@ -72,8 +78,11 @@ class Predictor:
     for role in roles:
       self.check_role(role)
     total_steps = trainer.total_train_steps(config, self.data.num_train_examples)
+    # The checkpoint's structure is the run's, with or without its moving average.
+    structure = copy.deepcopy(config)
+    structure.optim.ema_decay = (saved or {}).get('optim.ema_decay', config.optim.ema_decay)
     self.model, self.task, _, _, init_fn = trainer.build_components(
-        config, total_steps, self.data.spec, engine.axis_name)
+        structure, total_steps, self.data.spec, engine.axis_name)
     abstract = trainer.abstract_state(init_fn, engine)
     # 'best' is the run's own: ranked by the metric and mode it trained with.
     best_metric = (saved or {}).get('checkpoint.best_metric', config.checkpoint.best_metric)
@@ -84,6 +93,8 @@ class Predictor:
       state = self._restore(ckpt, abstract, checkpoint, average_last)
     finally:
       ckpt.close()
+    if weights == 'trained':
+      state = state.replace(ema=None)
     self.step = int(parallel.replica(state.step))
     self.state = engine.from_canonical(state)
     predict_fn = functools.partial(self.task.predict, self.model)

@@ -40,6 +40,7 @@ def train_step(state: TrainState, batch: dict, *, model, task, schedule, axis_na
                accum_steps: int = 1) -> tuple[TrainState, dict]:
   """One optimizer update on `batch`.
 
+  The state's moving average of the weights, if it keeps one, follows the update.
   Returns the new state and metrics: the task's (sum, count) pairs plus scalars
   'learning_rate', 'grad_norm', 'param_norm' (global L2 norms).
   """
@@ -83,11 +84,12 @@ def train_step(state: TrainState, batch: dict, *, model, task, schedule, axis_na
   metrics = dict(metrics, learning_rate=jnp.asarray(schedule(state.step), jnp.float32),
                  grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params))
   new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
-                            opt_state=opt_state)
+                            opt_state=opt_state).update_ema()
   return new_state, metrics
 
 
 def eval_step(state: TrainState, batch: dict, *, model, task, axis_name=None) -> dict:
-  """The task's (sum, count) metrics on a (padded, masked) eval batch; no state changes."""
+  """The task's (sum, count) metrics on a (padded, masked) eval batch, with the state's
+  evaluation variables (the moving average's when it keeps one); no state changes."""
   logits = task.apply(model, state.variables, batch, train=False)
   return _psum(task.metrics(logits, batch), axis_name)

@@ -91,6 +91,9 @@ def validate(config, num_devices: int) -> None:
   for field in ('learning_rate', 'warmup_steps'):
     if config[field] < 0:
       raise ValueError(f'config.{field} must be >= 0, got {config[field]}')
+  if not 0 <= config.optim.ema_decay < 1:
+    raise ValueError(f'config.optim.ema_decay must be in [0, 1) (0 keeps no moving average '
+                     f'of the weights), got {config.optim.ema_decay}')
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ValueError('Set config.num_train_steps > 0 or config.num_epochs > 0')
   pretrained.check(config, placeholder_model)
@@ -184,7 +187,8 @@ def build_components(config, total_steps: int, spec, axis_name=None):
     model = model.clone(axis_name=axis_name)
   task = tasks.get(config.task).build_task(config, spec)
   tx, schedule = optim.build(config, total_steps)
-  init_fn = functools.partial(state_lib.create, model, tx, spec.init_args, config.seed)
+  init_fn = functools.partial(state_lib.create, model, tx, spec.init_args, config.seed,
+                              ema_decay=config.optim.ema_decay)
   return model, task, tx, schedule, init_fn
 
 
