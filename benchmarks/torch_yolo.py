@@ -28,7 +28,7 @@ Sec. 2.1-2.4):
     anchor of shape IoU above it) at the cell holding its centre (a scatter-max of
     box indices, so the later box wins a collision); objectness BCE with predictions
     whose decoded box overlaps a ground truth by IoU > loss.ignore_threshold ignored;
-    class BCE and the loss.box_loss term (tasks/boxes.py: 1 - IoU / GIoU / DIoU / CIoU
+    class BCE (or softmax cross entropy, loss.class_loss) and the loss.box_loss term (tasks/boxes.py: 1 - IoU / GIoU / DIoU / CIoU
     of the decoded boxes, or YOLOv3's 'original') at assigned predictions; sums per
     image, mean over the batch. On the same raw predictions, value and gradient equal
     tasks.yolo_loss's to float32 rounding, for every box_loss.
@@ -304,7 +304,10 @@ def yolo_loss(outputs, gt_boxes, gt_classes, gt_mask, anchors, loss_config, imag
         (bce(logit, torch.zeros_like(logit)) * negative).sum((1, 2, 3)))
     labels = F.one_hot(torch.gather(gt_classes, 1, gather), num_classes).view(
         *index.shape, num_classes).float()
-    cls = cls + (bce(raw[..., 5:], labels) * positive[..., None]).sum((1, 2, 3, 4))
+    if loss_config.class_loss == 'softmax':  # YOLOv2's softmax cross entropy.
+      cls = cls - ((labels * F.log_softmax(raw[..., 5:], dim=-1)).sum(-1) * positive).sum((1, 2, 3))
+    else:
+      cls = cls + (bce(raw[..., 5:], labels) * positive[..., None]).sum((1, 2, 3, 4))
     term = box_term(raw, predicted, target, scale_anchors, stride, image_size,
                     loss_config.box_loss)
     box = box + (term * positive).sum((1, 2, 3))

@@ -240,6 +240,8 @@ def get_detection_config() -> ml_collections.ConfigDict:
   c.loss.box_weight = 1.0         # Weights of the loss terms (each summed per image).
   c.loss.obj_weight = 1.0
   c.loss.cls_weight = 1.0
+  c.loss.class_loss = 'sigmoid'   # 'sigmoid' (YOLOv3: independent, multi-label) or
+                                  # 'softmax' (YOLOv2: one class per box, classes compete).
   c.inference = ml_collections.ConfigDict()
   c.inference.flip = False        # Test-time augmentation: the mirror image's boxes join NMS.
   c.nms = ml_collections.ConfigDict()

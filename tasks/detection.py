@@ -10,7 +10,8 @@ augmentation or max_boxes dropped}; eval batches add 'mask' [b] and 'index' [b].
 Predictions (`predict`): per image the max_detections best boxes after NMS, in input
 pixels: {'boxes': [b, D, 4], 'scores': [b, D], 'classes': [b, D] int32, 'valid': [b, D]
 bool}. Scores are objectness x class probability for every (box, class) pair
-(YOLOv3 Sec. 2.2: classes are independent sigmoids, so one box may carry several).
+(YOLOv3 Sec. 2.2: classes are independent sigmoids, so one box may carry several; with
+loss.class_loss='softmax' the probabilities are a softmax over the classes).
 """
 
 import dataclasses
@@ -68,7 +69,8 @@ class DetectionTask(common.Task):
 
   def candidates(self, outputs) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Every (prediction, class) pair of all scales: boxes [b, n * C, 4] (clipped to
-    the image later by NMS users), scores [b, n * C] = sigmoid(t_o) sigmoid(t_c),
+    the image later by NMS users), scores [b, n * C] = sigmoid(t_o) p(c) with p(c) the
+    loss's class probabilities (sigmoid(t_c), or the softmax over the classes),
     classes [b, n * C] int32."""
     anchors = jnp.asarray(self.loss_fn.anchors, jnp.float32)
     per_scale = anchors.shape[0] // len(self.loss_fn.strides)
@@ -77,8 +79,9 @@ class DetectionTask(common.Task):
       b = raw.shape[0]
       decoded = yolo.decode_boxes(raw, anchors[s * per_scale:(s + 1) * per_scale], stride)
       boxes.append(decoded.reshape(b, -1, 4))
-      scores.append((jax.nn.sigmoid(raw[..., 4:5]) * jax.nn.sigmoid(raw[..., 5:])).reshape(
-          b, -1, raw.shape[-1] - 5))
+      scores.append((jax.nn.sigmoid(raw[..., 4:5]) *
+                     self.loss_fn.class_probabilities(raw[..., 5:])).reshape(
+                         b, -1, raw.shape[-1] - 5))
     boxes, scores = jnp.concatenate(boxes, axis=1), jnp.concatenate(scores, axis=1)
     num_classes = scores.shape[-1]
     classes = jnp.broadcast_to(jnp.arange(num_classes, dtype=jnp.int32), scores.shape)
@@ -121,7 +124,7 @@ def _loss(config) -> yolo_loss.YoloLoss:
   loss = config.loss
   return yolo_loss.YoloLoss(anchors, yolo.STRIDES, loss.box_loss, loss.ignore_threshold,
                             loss.box_weight, loss.obj_weight, loss.cls_weight,
-                            loss.assign_threshold)
+                            loss.assign_threshold, loss.class_loss)
 
 
 def _nms_options(config) -> dict:

@@ -14,8 +14,12 @@ deterministic scatter-max of box indices).
 Objectness (Sec. 2.1): binary cross entropy, target 1 at assigned predictions and 0
 elsewhere, except that a prediction whose decoded box overlaps any ground truth with
 IoU > ignore_threshold (0.5 in the paper) and is not assigned is ignored.
-Classes (Sec. 2.2): independent binary cross entropies (multi-label), at assigned
-predictions only.
+Classes, at assigned predictions only, `class_loss`:
+  'sigmoid' (YOLOv3, Sec. 2.2): independent binary cross entropies, multi-label (one
+    box may carry several classes, as in Open Images);
+  'softmax' (YOLOv2, Redmon & Farhadi 2017, "YOLO9000", Sec. 2): softmax cross entropy
+    over the classes, for datasets whose classes exclude each other (VOC, COCO,
+    Fashion-MNIST): the classes compete for each box.
 Box (at assigned predictions only), `box_loss`:
   'original': YOLOv3's darknet loss: binary cross entropy between sigmoid(t_xy) and the
     centre's offset in its cell, squared error between t_wh and log(box / anchor), both
@@ -40,6 +44,7 @@ from nets import yolo
 from tasks import boxes as boxes_lib
 
 BOX_LOSSES = ('original',) + tuple(boxes_lib.KINDS)
+CLASS_LOSSES = ('sigmoid', 'softmax')
 
 
 def shape_iou(wh: jax.Array, anchors: jax.Array) -> jax.Array:
@@ -95,6 +100,7 @@ class YoloLoss:
   box_loss: one of BOX_LOSSES. ignore_threshold, assign_threshold: see the module
     docstring.
   box_weight, obj_weight, cls_weight: the terms' weights.
+  class_loss: one of CLASS_LOSSES (module docstring); `class_probabilities` matches it.
   """
   anchors: tuple
   strides: tuple = yolo.STRIDES
@@ -104,11 +110,22 @@ class YoloLoss:
   obj_weight: float = 1.0
   cls_weight: float = 1.0
   assign_threshold: float = 0.0
+  class_loss: str = 'sigmoid'
 
   def __post_init__(self):
     if self.box_loss not in BOX_LOSSES:
       raise ValueError(f'box_loss={self.box_loss!r} is not valid; choose one of '
                        f'{list(BOX_LOSSES)}')
+    if self.class_loss not in CLASS_LOSSES:
+      raise ValueError(f'class_loss={self.class_loss!r} is not valid; choose one of '
+                       f'{list(CLASS_LOSSES)}')
+
+  def class_probabilities(self, class_logits: jax.Array) -> jax.Array:
+    """[..., C] logits t_c -> [..., C] class probabilities: sigmoid(t_c) each, or the
+    softmax over the classes (`class_loss`)."""
+    if self.class_loss == 'softmax':
+      return jax.nn.softmax(class_logits, axis=-1)
+    return jax.nn.sigmoid(class_logits)
 
   def __call__(self, outputs, gt_boxes: jax.Array, gt_classes: jax.Array, gt_mask: jax.Array,
                image_size: tuple[int, int]) -> dict:
@@ -143,8 +160,11 @@ class YoloLoss:
       objectness += (jnp.sum(optax.sigmoid_binary_cross_entropy(obj_logit, 1.0) * positive) +
                      jnp.sum(optax.sigmoid_binary_cross_entropy(obj_logit, 0.0) * negative))
       labels = jax.nn.one_hot(gt_classes[jnp.maximum(index, 0)], num_classes)
-      cls += jnp.sum(optax.sigmoid_binary_cross_entropy(raw[..., 5:], labels) *
-                     positive[..., None])
+      if self.class_loss == 'softmax':
+        cls += jnp.sum(optax.softmax_cross_entropy(raw[..., 5:], labels) * positive)
+      else:
+        cls += jnp.sum(optax.sigmoid_binary_cross_entropy(raw[..., 5:], labels) *
+                       positive[..., None])
       box += jnp.sum(self._box(raw, predicted, target, scale_anchors, stride, image_size) *
                      positive)
     return {'box': box, 'objectness': objectness, 'class': cls}

@@ -141,6 +141,7 @@ def test_bad_boxes_name_the_example_and_extra_boxes_are_dropped_and_counted():
 def test_bad_detection_fields_name_the_valid_choices():
   config = yolov3_fashion_mnist_scenes.get_config()
   for field, value, message in [('loss.box_loss', 'l2', "choose one of .*'ciou'"),
+                                ('loss.class_loss', 'logistic', "choose one of .*'softmax'"),
                                 ('nms.method', 'fast', 'valid: .*soft_gaussian'),
                                 ('model.name', 'resnet18', 'not a detector'),
                                 ('data.image_size', 48, 'multiple of 32'),

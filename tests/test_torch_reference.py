@@ -174,7 +174,8 @@ def test_inverted_residual_matches_torch(expand, strides, in_ch, out_ch):
     _check(module, Ref(), x, v, train=train)
 
 
-def test_yolo_loss_matches_the_pytorch_twin(box_loss='ciou', assign_threshold=0.213):
+@pytest.mark.parametrize('class_loss', ['sigmoid', 'softmax'])
+def test_yolo_loss_matches_the_pytorch_twin(class_loss, box_loss='ciou', assign_threshold=0.213):
   """tasks.yolo_loss and benchmarks/torch_yolo.py (an independent, batch-vectorised
   PyTorch implementation) on the same raw predictions: a duplicated box (collision),
   a centre outside the image, padding and an image without boxes; value and gradient."""
@@ -195,14 +196,15 @@ def test_yolo_loss_matches_the_pytorch_twin(box_loss='ciou', assign_threshold=0.
   classes = rng.integers(0, num_classes, (b, m)).astype(np.int32)
   mask = (rng.uniform(size=(b, m)) < 0.8).astype(np.float32)
   mask[2] = 0
-  loss = yolo_loss.YoloLoss(anchors, box_loss=box_loss, assign_threshold=assign_threshold)
+  loss = yolo_loss.YoloLoss(anchors, box_loss=box_loss, assign_threshold=assign_threshold,
+                            class_loss=class_loss)
   fn = lambda r: loss(r, jnp.asarray(boxes), jnp.asarray(classes), jnp.asarray(mask),
                       (size, size))['loss'].mean()
   value, grads = jax.jit(jax.value_and_grad(fn))(tuple(map(jnp.asarray, raws)))
   leaves = [torch.tensor(r, requires_grad=True) for r in raws]
   config = ml_collections.ConfigDict(dict(
       box_loss=box_loss, ignore_threshold=0.5, box_weight=1.0, obj_weight=1.0, cls_weight=1.0,
-      assign_threshold=assign_threshold))
+      assign_threshold=assign_threshold, class_loss=class_loss))
   torch_value = torch_yolo.yolo_loss(leaves, torch.tensor(boxes), torch.tensor(classes).long(),
                                      torch.tensor(mask), torch.tensor(anchors).float(), config,
                                      (size, size))

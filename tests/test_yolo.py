@@ -127,6 +127,30 @@ def test_objectness_ignores_unassigned_predictions_that_overlap_a_box():
   np.testing.assert_allclose(terms['class'][0], 4 * np.log(2), rtol=1e-5)
 
 
+def test_softmax_class_loss_and_class_probabilities_by_hand():
+  """YOLOv2's softmax cross entropy: with zero logits over 2 classes each of the two
+  positives costs log 2 (the sigmoid loss above: 2 log 2 each); probabilities by hand."""
+  gt = np.array([[8, 8, 40, 36], [30, 20, 62, 60]], np.float32)
+  loss = yolo_loss.YoloLoss(ANCHORS, class_loss='softmax')
+  outputs = tuple(jnp.zeros((1, h, w, 3, 5 + 2)) for h, w in GRIDS)
+  terms = loss(outputs, jnp.asarray(gt)[None], jnp.asarray([[0, 1]], jnp.int32),
+               jnp.ones((1, 2)), (64, 64))
+  np.testing.assert_allclose(terms['class'][0], 2 * np.log(2), rtol=1e-5)
+  # A confident right class costs little, the same confidence in the wrong one a lot.
+  logits = [jnp.zeros((1, h, w, 3, 7)).at[..., 5].set(4.0) for h, w in GRIDS]
+  for gt_class, expected in ((0, np.log1p(np.exp(-4.0))), (1, np.log1p(np.exp(4.0)))):
+    terms = loss(tuple(logits), jnp.asarray(gt)[None], jnp.full((1, 2), gt_class, jnp.int32),
+                 jnp.ones((1, 2)), (64, 64))
+    np.testing.assert_allclose(terms['class'][0], 2 * expected, rtol=1e-5)
+  t = jnp.asarray([1.0, 2.0, -1.0])
+  e = np.exp([1.0, 2.0, -1.0])
+  np.testing.assert_allclose(loss.class_probabilities(t), e / e.sum(), rtol=1e-6)
+  np.testing.assert_allclose(yolo_loss.YoloLoss(ANCHORS).class_probabilities(t),
+                             1 / (1 + 1 / e), rtol=1e-6)
+  with pytest.raises(ValueError, match=r"class_loss='logistic' is not valid.*'softmax'"):
+    yolo_loss.YoloLoss(ANCHORS, class_loss='logistic')
+
+
 @pytest.mark.parametrize('box_loss', yolo_loss.BOX_LOSSES)
 def test_every_box_loss_has_finite_gradients_with_degenerate_and_no_boxes(box_loss):
   loss = yolo_loss.YoloLoss(ANCHORS, box_loss=box_loss)
