@@ -162,20 +162,28 @@ def build_task(config, spec) -> DetectionTask:
   return DetectionTask(_loss(config), _nms_options(config), flip=config.inference.flip)
 
 
+def truths_and_detections(data, role: str, indices, detections) -> tuple[list, list]:
+  """The ground truth of examples `indices` of split `role` and their valid detections
+  (rows of `predict`'s output, numpy), both in the original images' pixels: the two
+  lists tasks.coco_map.evaluate takes."""
+  truths, predictions = [], []
+  for i, index in enumerate(indices):
+    truth, to_original = data.ground_truth(role, int(index))
+    keep = detections['valid'][i]
+    truths.append(truth)
+    predictions.append({'boxes': to_original(detections['boxes'][i][keep]),
+                        'scores': detections['scores'][i][keep],
+                        'classes': detections['classes'][i][keep]})
+  return truths, predictions
+
+
 def evaluators(config, data, predict_fn, engine) -> list:
   """COCO-style AP / AR of the split's detections (gathered from all devices and
   processes) against its ground truth, in the original images' pixels."""
   from tasks import coco_map  # pylint: disable=import-outside-toplevel
 
   def score(role, indices, detections):
-    truths, predictions = [], []
-    for i, index in enumerate(indices):
-      truth, to_original = data.ground_truth(role, int(index))
-      keep = detections['valid'][i]
-      truths.append(truth)
-      predictions.append({'boxes': to_original(detections['boxes'][i][keep]),
-                          'scores': detections['scores'][i][keep],
-                          'classes': detections['classes'][i][keep]})
+    truths, predictions = truths_and_detections(data, role, indices, detections)
     return coco_map.evaluate(truths, predictions, len(data.class_names),
                              class_names=[n.replace(' ', '_') for n in data.class_names],
                              max_detections=config.nms.max_detections,

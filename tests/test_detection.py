@@ -262,3 +262,23 @@ def test_augmented_training_batches_resume_exactly():
   for key in expected:
     np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
   assert expected['box_mask'].sum() > 0
+
+
+def test_detection_oracle_relabels_only_matched_detections():
+  """benchmarks/detection_oracle: a detection takes the class of the ground-truth box it
+  overlaps most when that IoU >= 0.5; the others, and images without boxes, keep theirs."""
+  from benchmarks import detection_oracle  # pylint: disable=import-outside-toplevel
+  truths = [{'boxes': np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32),
+             'classes': np.array([1, 2])},
+            {'boxes': np.zeros((0, 4), np.float32), 'classes': np.zeros(0, np.int64)}]
+  found = [{'boxes': np.array([[0, 0, 10, 9], [21, 21, 30, 30], [0, 0, 10, 4],
+                               [40, 40, 50, 50]], np.float32),
+            'scores': np.array([0.9, 0.8, 0.7, 0.6]), 'classes': np.array([0, 2, 3, 3])},
+           {'boxes': np.array([[1, 1, 5, 5]], np.float32), 'scores': np.array([0.5]),
+            'classes': np.array([4])}]
+  # IoUs with the best box: 0.9, 0.81, 0.4 (below 0.5: kept), none.
+  relabelled = detection_oracle.with_ground_truth_classes(truths, found)
+  np.testing.assert_array_equal(relabelled[0]['classes'], [1, 2, 3, 3])
+  np.testing.assert_array_equal(relabelled[1]['classes'], [4])
+  np.testing.assert_array_equal(relabelled[0]['scores'], found[0]['scores'])
+  assert [list(d['classes']) for d in detection_oracle.class_agnostic(truths)] == [[0, 0], []]
