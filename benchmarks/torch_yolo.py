@@ -28,10 +28,11 @@ Sec. 2.1-2.4):
     anchor of shape IoU above it) at the cell holding its centre (a scatter-max of
     box indices, so the later box wins a collision); objectness BCE with predictions
     whose decoded box overlaps a ground truth by IoU > loss.ignore_threshold ignored;
-    class BCE (or softmax cross entropy, loss.class_loss) and the loss.box_loss term (tasks/boxes.py: 1 - IoU / GIoU / DIoU / CIoU
-    of the decoded boxes, or YOLOv3's 'original') at assigned predictions; sums per
-    image, mean over the batch. On the same raw predictions, value and gradient equal
-    tasks.yolo_loss's to float32 rounding, for every box_loss.
+    class BCE (or softmax cross entropy: loss.class_loss) and the loss.box_loss term
+    (tasks/boxes.py: 1 - IoU / GIoU / DIoU / CIoU of the decoded boxes, or YOLOv3's
+    'original') at assigned predictions; sums per image, mean over the batch. On the
+    same raw predictions, value and gradient equal tasks.yolo_loss's to float32
+    rounding, for every box_loss and class_loss.
   step  forward, loss, backward, global-norm clipping (optim.grad_clip_norm), then
     AdamW (optim.name 'adamw', decoupled decay; Adam + L2 when coupled) or SGD with
     momentum (coupled decay: torch has no SGDW, the cost is the same), weight decay on
@@ -305,7 +306,8 @@ def yolo_loss(outputs, gt_boxes, gt_classes, gt_mask, anchors, loss_config, imag
     labels = F.one_hot(torch.gather(gt_classes, 1, gather), num_classes).view(
         *index.shape, num_classes).float()
     if loss_config.class_loss == 'softmax':  # YOLOv2's softmax cross entropy.
-      cls = cls - ((labels * F.log_softmax(raw[..., 5:], dim=-1)).sum(-1) * positive).sum((1, 2, 3))
+      log_p = F.log_softmax(raw[..., 5:], dim=-1)
+      cls = cls - ((labels * log_p).sum(-1) * positive).sum((1, 2, 3))
     else:
       cls = cls + (bce(raw[..., 5:], labels) * positive[..., None]).sum((1, 2, 3, 4))
     term = box_term(raw, predicted, target, scale_anchors, stride, image_size,

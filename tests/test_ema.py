@@ -126,8 +126,8 @@ def test_resuming_without_the_average_names_it_and_changes_nothing(ema_runs, tmp
   before = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
   changed = copy.deepcopy(config)
   changed.optim.ema_decay, changed.num_train_steps = 0.0, 9
-  with pytest.raises(checkpoint_lib.CheckpointMismatchError,
-                     match=r'(?s)ema/params/.*not in the current model.*optim.ema_decay: 0.9 -> 0.0'):
+  with pytest.raises(checkpoint_lib.CheckpointMismatchError, match=(
+      r'(?s)ema/params/.*not in the current model.*optim.ema_decay: 0.9 -> 0.0')):
     trainer.run(changed, workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == before
   config_bad = copy.deepcopy(config)
