@@ -30,14 +30,21 @@ from tasks import detection
 from train import reporting, run_config
 from train.restore import Predictor
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config of the detection run.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default runs/<config name>).')
-_SPLIT = flags.DEFINE_enum('split', 'validation', ['validation', 'test'], 'Eval set scored.')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', 'last', "'last', 'best' or a step number.")
-_WEIGHTS = flags.DEFINE_enum('weights', 'ema', ['ema', 'trained'], 'As in train.predict.')
+FLAGS = flags.FLAGS
 MIN_IOU = 0.5
-flags.mark_flags_as_required(['config'])
+
+
+def define_flags() -> None:
+  """The command's flags; defined only when it runs as a script, so that importing the
+  module for its functions adds no flags (--weights would clash with
+  pretrained.convert's)."""
+  config_flags.DEFINE_config_file('config', None, 'Config of the detection run.',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Run directory (default runs/<config name>).')
+  flags.DEFINE_enum('split', 'validation', ['validation', 'test'], 'Eval set scored.')
+  flags.DEFINE_string('checkpoint', 'last', "'last', 'best' or a step number.")
+  flags.DEFINE_enum('weights', 'ema', ['ema', 'trained'], 'As in train.predict.')
+  flags.mark_flags_as_required(['config'])
 
 
 def class_agnostic(items: list) -> list:
@@ -74,13 +81,13 @@ def split_detections(predictor: Predictor, role: str) -> tuple[list, list]:
 def main(argv):
   del argv
   reporting.quiet_library_logs()
-  config = _CONFIG.value
+  config = FLAGS.config
   if config.task != 'detection':
     raise app.UsageError(f'--config is a {config.task!r} run; this scores detection runs')
-  workdir = run_config.workdir_of(_WORKDIR.value, flags.FLAGS['config'].config_filename)
-  predictor = Predictor(config, workdir, _CHECKPOINT.value, roles=(_SPLIT.value,),
-                        weights=_WEIGHTS.value)
-  truths, found = split_detections(predictor, _SPLIT.value)
+  workdir = run_config.workdir_of(FLAGS.workdir, FLAGS['config'].config_filename)
+  predictor = Predictor(config, workdir, FLAGS.checkpoint, roles=(FLAGS.split,),
+                        weights=FLAGS.weights)
+  truths, found = split_detections(predictor, FLAGS.split)
   options = dict(max_detections=config.nms.max_detections,
                  difficult_overlap=predictor.data.difficult_overlap)
   num_classes = len(predictor.data.class_names)
@@ -90,11 +97,12 @@ def main(argv):
                                           **options),
       'ground_truth_classes': coco_map.evaluate(
           truths, with_ground_truth_classes(truths, found), num_classes, **options)}
-  print(json.dumps({'split': predictor.data.eval_splits[_SPLIT.value], 'step': predictor.step,
+  print(json.dumps({'split': predictor.data.eval_splits[FLAGS.split], 'step': predictor.step,
                     'images': len(truths),
                     **{name: {m: round(v[m], 4) for m in ('AP', 'AP50', 'AP75', 'AR100')}
                        for name, v in scored.items()}}))
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main, flags_parser=run_config.parse_flags)
