@@ -14,9 +14,11 @@ Scores the run's detections on the whole eval split three ways with tasks.coco_m
 The detections stay those of the class-aware NMS: a box the detector reported under
 two classes is two detections in both rescorings, one of which is a false positive,
 so both are lower bounds of what a perfect classifier on these boxes would reach.
-One process (single-host); the config's flags as in training (flip, NMS, ...).
+The detections are gathered from all devices and processes as in training's
+evaluation; the config's flags as in training (flip, NMS, ...).
 """
 
+import functools
 import json
 
 import jax
@@ -27,7 +29,8 @@ from ml_collections import config_flags
 from tasks import boxes as boxes_lib
 from tasks import coco_map
 from tasks import detection
-from train import reporting, run_config
+from tasks import evaluators as evaluators_lib
+from train import reporting, run_config, trainer
 from train.restore import Predictor
 
 FLAGS = flags.FLAGS
@@ -67,15 +70,16 @@ def with_ground_truth_classes(truths: list, detections: list, min_iou: float = M
   return out
 
 
-def split_detections(predictor: Predictor, role: str) -> tuple[list, list]:
-  """Ground truth and detections of every example of eval set `role` (one process)."""
-  rows, indices = [], []
-  for batch in predictor.data.eval_batches(role, 0, 1):
-    keep = batch['mask'] > 0
-    rows.append(jax.tree.map(lambda x, k=keep: np.asarray(x)[k], predictor.predict_batch(batch)))
-    indices.append(batch['index'][keep])
-  found = jax.tree.map(lambda *parts: np.concatenate(parts), *rows)
-  return detection.truths_and_detections(predictor.data, role, np.concatenate(indices), found)
+def oracle_scores(truths: list, found: list, num_classes: int, **options) -> dict:
+  """{'as_detected' | 'class_agnostic' | 'ground_truth_classes': tasks.coco_map.evaluate's
+  metrics} of detections `found` against `truths` (the lists coco_map.evaluate takes;
+  `options`: its max_detections and difficult_overlap)."""
+  return {
+      'as_detected': coco_map.evaluate(truths, found, num_classes, **options),
+      'class_agnostic': coco_map.evaluate(class_agnostic(truths), class_agnostic(found), 1,
+                                          **options),
+      'ground_truth_classes': coco_map.evaluate(
+          truths, with_ground_truth_classes(truths, found), num_classes, **options)}
 
 
 def main(argv):
@@ -87,20 +91,23 @@ def main(argv):
   workdir = run_config.workdir_of(FLAGS.workdir, FLAGS['config'].config_filename)
   predictor = Predictor(config, workdir, FLAGS.checkpoint, roles=(FLAGS.split,),
                         weights=FLAGS.weights)
-  truths, found = split_detections(predictor, FLAGS.split)
-  options = dict(max_detections=config.nms.max_detections,
-                 difficult_overlap=predictor.data.difficult_overlap)
-  num_classes = len(predictor.data.class_names)
-  scored = {
-      'as_detected': coco_map.evaluate(truths, found, num_classes, **options),
-      'class_agnostic': coco_map.evaluate(class_agnostic(truths), class_agnostic(found), 1,
-                                          **options),
-      'ground_truth_classes': coco_map.evaluate(
-          truths, with_ground_truth_classes(truths, found), num_classes, **options)}
-  print(json.dumps({'split': predictor.data.eval_splits[FLAGS.split], 'step': predictor.step,
-                    'images': len(truths),
-                    **{name: {m: round(v[m], 4) for m in ('AP', 'AP50', 'AP75', 'AR100')}
-                       for name, v in scored.items()}}))
+  data = predictor.data
+
+  def score(role, indices, detections):  # The detection evaluator's pairing, rescored.
+    truths, found = detection.truths_and_detections(data, role, indices, detections)
+    return oracle_scores(truths, found, len(data.class_names),
+                         max_detections=config.nms.max_detections,
+                         difficult_overlap=data.difficult_overlap)
+
+  evaluator = evaluators_lib.GatherEvaluator(
+      functools.partial(predictor.task.predict, predictor.model), predictor.engine, score)
+  scored = trainer.evaluate(predictor.state, predictor.engine, data, FLAGS.split, None,
+                            [evaluator])
+  if jax.process_index() == 0:
+    print(json.dumps({'split': data.eval_splits[FLAGS.split], 'step': predictor.step,
+                      'images': int(scored.pop('num_examples')),
+                      **{name: {m: round(v[m], 4) for m in ('AP', 'AP50', 'AP75', 'AR100')}
+                         for name, v in scored.items()}}))
 
 
 if __name__ == '__main__':

@@ -346,10 +346,9 @@ class Checkpointer:
     states = [self._restore(step, abstract_state) for step in steps]
     mean = lambda *xs: sum(xs) / len(xs)
     logging.info('Averaging the checkpoints at steps %s.', steps)
-    return states[0].replace(params=jax.tree.map(mean, *[s.params for s in states]),
-                             model_state=jax.tree.map(mean, *[s.model_state for s in states]),
-                             ema=(None if states[0].ema is None else
-                                  jax.tree.map(mean, *[s.ema for s in states])))
+    # A state without a moving average has ema=None, which tree.map keeps as None.
+    return states[0].replace(**{field: jax.tree.map(mean, *[getattr(s, field) for s in states])
+                                for field in ('params', 'model_state', 'ema')})
 
   def _restore(self, step: int, abstract_state: TrainState, data_iterator=None) -> TrainState:
     """The checkpoint at `step` in `abstract_state`'s structure and shardings; moves

@@ -70,19 +70,18 @@ class Predictor:
     self.engine = engine = parallel.build(config.parallel)
     # The checkpoint holds the trained weights: config.init_from (the weights training
     # started from) is not read here, so it need not exist on this machine any more.
-    checked = copy.deepcopy(config)
-    checked.init_from, checked.init_into = '', ''
-    trainer.validate(checked, engine.num_devices)
+    # The checkpoint's structure is the run's, with or without its moving average.
+    as_saved = copy.deepcopy(config)
+    as_saved.init_from, as_saved.init_into = '', ''
+    as_saved.optim.ema_decay = (saved or {}).get('optim.ema_decay', config.optim.ema_decay)
+    trainer.validate(as_saved, engine.num_devices)
     self.task_module = tasks.get(config.task)
     self.data = self.task_module.build_data(config)
     for role in roles:
       self.check_role(role)
     total_steps = trainer.total_train_steps(config, self.data.num_train_examples)
-    # The checkpoint's structure is the run's, with or without its moving average.
-    structure = copy.deepcopy(config)
-    structure.optim.ema_decay = (saved or {}).get('optim.ema_decay', config.optim.ema_decay)
     self.model, self.task, _, _, init_fn = trainer.build_components(
-        structure, total_steps, self.data.spec, engine.axis_name)
+        as_saved, total_steps, self.data.spec, engine.axis_name)
     abstract = trainer.abstract_state(init_fn, engine)
     # 'best' is the run's own: ranked by the metric and mode it trained with.
     best_metric = (saved or {}).get('checkpoint.best_metric', config.checkpoint.best_metric)
