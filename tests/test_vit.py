@@ -147,6 +147,32 @@ def test_attention_impl_auto_picks_cudnn_only_where_it_applies(monkeypatch):
     mha('cudnn').apply(variables, x)
 
 
+def test_cudnn_attention_pads_odd_lengths_to_even_with_the_same_result(monkeypatch):
+  # cuDNN refuses odd sequence lengths in training (ViT-B/16's 197 tokens); the 'cudnn'
+  # path pads them to even and masks the padded keys. Stand-in: jax.nn's XLA path, which
+  # reads the same arguments, records the lengths it is given.
+  real_attention, seen = jax.nn.dot_product_attention, []
+
+  def cudnn_on_xla(query, key, *args, implementation=None, **kwargs):
+    seen.append((query.shape[1], key.shape[1]))
+    return real_attention(query, key, *args, implementation='xla', **kwargs)
+  monkeypatch.setattr(jax.nn, 'dot_product_attention', cudnn_on_xla)
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 7, 2, 8))
+  k, v = k[:, :5], v[:, :5]  # 7 queries, 5 keys
+  mask = jax.random.bernoulli(jax.random.key(1), 0.7, (2, 1, 7, 5)).at[..., 0].set(True)
+
+  def attend(impl, mask):
+    loss = lambda q, k, v: jnp.sum(jnp.sin(layers.dot_product_attention(
+        q, k, v, mask, implementation=impl)))
+    return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+  for m in (None, mask):
+    (value, grads), (expected, expected_grads) = attend('cudnn', m), attend('matmul', m)
+    assert seen.pop() == (8, 6)
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    for g, e in zip(grads, expected_grads):
+      np.testing.assert_allclose(g, e, atol=1e-5)
+
+
 def test_drop_path_drops_whole_examples():
   x = jnp.ones((1000, 4))
   y = layers.DropPath(0.25).apply({}, x, deterministic=False, rngs={'dropout': jax.random.key(0)})

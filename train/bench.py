@@ -10,10 +10,11 @@ exactly the step that `launch.py` runs, without the input pipeline.
 
 import json
 import time
+from typing import Optional
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 import tasks
@@ -52,6 +53,34 @@ def build_step(config, image_size: int = 0, devices=None):
   return engine, step_fn, state, batch, tuple(spec.init_args[0].shape[1:])
 
 
+def _flops(cost) -> Optional[float]:
+  """The 'flops' of an XLA cost analysis (a dict, a one-element list of one, or None)."""
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return (cost or {}).get('flops')
+
+
+def host_flops(config, image_size: int = 0) -> Optional[float]:
+  """XLA's FLOP count of `config`'s train step as traced for one host CPU device (the
+  whole global batch), or None if it cannot be counted there.
+
+  JAX 0.11 on GPUs returns no cost analysis of a traced step, and the compiled
+  executable's leaves out what cuDNN and cuBLAS custom calls compute (jax-ml/jax#22249;
+  on an H100 it counted about a third of ResNet-50's step and 0.3 % of ViT-B/16's). The
+  model's FLOPs do not depend on the device, so they are counted on the host instead,
+  with the matmul attention core (cuDNN's does not lower for a CPU; the same products).
+  """
+  config = config.copy_and_resolve_references()
+  if 'attention_impl' in config.model:
+    config.model.attention_impl = 'matmul'
+  try:
+    _, step_fn, state, batch, _ = build_step(config, image_size, jax.devices('cpu')[:1])
+    return _flops(step_fn.lower(state, batch).cost_analysis())
+  except Exception as e:  # pylint: disable=broad-except
+    # Only the MFU column depends on it: the benchmark goes on without one.
+    logging.warning('No FLOP count for %s on the host CPU: %r', config.model.name, e)
+    return None
+
+
 def benchmark(config, steps: int, image_size: int = 0, devices=None) -> dict:
   """Times `steps` train steps of `config` on the random batch of `build_step`, on
   `devices` (default: all); returns the numbers. gflop_per_step and tflop_per_s count
@@ -68,10 +97,7 @@ def benchmark(config, steps: int, image_size: int = 0, devices=None) -> dict:
     # analysis leaves out (jax-ml/jax#22249). A lax.scan body counts once: scale by the
     # gradient-accumulation micro-batches (the optimizer update, outside the scan, is
     # then over-counted; it is a small part of a step).
-    cost = lowered.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = (cost or {}).get('flops')
-    flops = flops and flops * config.grad_accum_steps
+    flops = _flops(lowered.cost_analysis())
     step_fn = lowered.compile()  # Compiled once, here.
   state, metrics = step_fn(state, batch)
   jax.block_until_ready(metrics)
@@ -81,6 +107,9 @@ def benchmark(config, steps: int, image_size: int = 0, devices=None) -> dict:
     state, metrics = step_fn(state, batch)
   jax.block_until_ready(metrics)
   step_s = (time.perf_counter() - t) / steps
+  if engine.name == 'jit':
+    flops = flops or host_flops(config, image_size)  # Outside the timings.
+    flops = flops and flops * config.grad_accum_steps
   result = {'device': f'{engine.num_devices}x {jax.devices()[0].device_kind}',
             'engine': engine.name, 'model': config.model.name, 'input_shape': shape,
             'batch_size': config.batch_size,
