@@ -21,8 +21,9 @@ Columns: examples/s (target tokens/s for the Transformer), step time, compile ti
 the first step, compilation included; PyTorch: the first step, which is where cuDNN
 autotuning and torch.compile's compilation happen), and MFU = FLOPs per step / step time
 / the device's peak dense bf16 FLOP/s (PEAK_TFLOPS by device name, or --peak_tflops).
-FLOPs per step are XLA's cost analysis of this codebase's traced step (train.bench); the
-PyTorch rows run the same architecture, so they are given the same count.
+FLOPs per step are XLA's cost analysis of this codebase's traced step (train.bench; on
+the host CPU where the accelerator's JAX gives none, as JAX 0.11 on GPUs); the PyTorch
+rows run the same architecture, so they are given the same count.
 
 Each workload's rows are printed as soon as they are timed, so a run cut short by a time
 limit keeps the rows before it; a row that fails (e.g. torch.compile without a working

@@ -84,7 +84,8 @@ def host_flops(config, image_size: int = 0) -> Optional[float]:
 def benchmark(config, steps: int, image_size: int = 0, devices=None) -> dict:
   """Times `steps` train steps of `config` on the random batch of `build_step`, on
   `devices` (default: all); returns the numbers. gflop_per_step and tflop_per_s count
-  the whole step on all its devices (XLA's cost analysis of the jitted step).
+  the whole step on all its devices (XLA's cost analysis of the jitted step, or of
+  the same step lowered for the host CPU where the backend gives none: host_flops).
   Raises ValueError for bad configs and tasks without fixed-shape inputs."""
   engine, step_fn, state, batch, shape = build_step(config, image_size, devices)
   flops = None
