@@ -51,19 +51,25 @@ def resolve_attention_impl(impl: str, *, dtype: Dtype, head_dim: int,
 
 
 def pad_to_even_lengths(query: jax.Array, key: jax.Array, value: jax.Array,
-                        mask: Optional[jax.Array]) -> tuple:
+                        mask: Optional[jax.Array]
+                        ) -> tuple[jax.Array, jax.Array, jax.Array, Optional[jax.Array],
+                                   Optional[jax.Array]]:
   """Pads query and key/value sequences to even lengths, the padded keys masked out.
 
   JAX's cuDNN attention refuses odd sequence lengths in training ("Unsupported sequence
-  length Q 197, KV 197": ViT-B/16's 196 patches + class token). Padding by one position
-  gives the same attention for the real queries (their outputs and gradients), and on
-  an H100 a ViT-B/16 batch of 256 then takes 1.28 ms forward and backward with cuDNN
-  against 2.47 ms with the matmul core (README, "GPU: the benchmark suite on an H100").
+  length Q 197, KV 197": ViT-B/16's 196 patches + class token; JAX 0.11.2 on an H100,
+  and the same check in 0.10.2's source). Padding by one position gives the same
+  attention for every real query that may attend to at least one key (outputs and
+  gradients); a query with no allowed key gets another arbitrary value (its weights
+  spread over the padded key too), as it does anywhere. On an H100 a ViT-B/16 batch of
+  256 then takes 1.28 ms forward and backward with cuDNN against 2.47 ms with the
+  matmul core (README, "GPU: the benchmark suite on an H100").
 
   Args:
     query: [batch, q_length, heads, head_dim]; key, value: [batch, kv_length, heads,
       head_dim].
-    mask: None, or boolean [b, h, q_length, kv_length] (b, h may be 1).
+    mask: None, or boolean [b, h, q_length, kv_length] (b, h may be 1; the lengths
+      in full).
 
   Returns:
     (query, key, value, mask, key_value_seq_lengths), lengths rounded up to even.
@@ -73,6 +79,8 @@ def pad_to_even_lengths(query: jax.Array, key: jax.Array, value: jax.Array,
     row is fully masked). key_value_seq_lengths is None when the mask is returned.
   """
   q_length, kv_length = query.shape[1], key.shape[1]
+  if mask is not None and mask.shape[-2:] != (q_length, kv_length):
+    raise ValueError(f'mask {mask.shape} must end in the full lengths ({q_length}, {kv_length})')
   q_pad, kv_pad = q_length % 2, kv_length % 2
   pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n), (0, 0), (0, 0)))
   query, key, value = pad(query, q_pad), pad(key, kv_pad), pad(value, kv_pad)
@@ -98,7 +106,8 @@ def dot_product_attention(query: jax.Array,
   implementation='matmul', heads are moved next to the batch so both products are plain
   batched matmuls, which XLA's CPU backend runs 3-4x faster than the equivalent einsum
   over [b, l, h, d]; 'xla' and 'cudnn' hand the same computation to
-  jax.nn.dot_product_attention (cuDNN flash attention, Dao 2023, on NVIDIA GPUs).
+  jax.nn.dot_product_attention (cuDNN flash attention, Dao 2023, on NVIDIA GPUs; odd
+  lengths padded to even for it by pad_to_even_lengths).
 
   Args:
     query: [batch, q_length, heads, head_dim].
@@ -120,12 +129,16 @@ def dot_product_attention(query: jax.Array,
       mask = jnp.broadcast_to(mask, mask.shape[:-2] + (q_length, kv_length))
       mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape).astype(bool)
     kv_lengths = None
+    # Padded whether or not a mask is given: JAX (0.10-0.11) stands a zero placeholder
+    # in for a missing bias before its length check, so every odd length is refused in
+    # training; forward-only calls (evaluation, decoding) are padded alike, which
+    # cuDNN would accept unpadded, as the trace cannot tell them apart.
     if implementation == 'cudnn' and (q_length % 2 or kv_length % 2):
       query, key, value, mask, kv_lengths = pad_to_even_lengths(query, key, value, mask)
     out = jax.nn.dot_product_attention(query, key, value, mask=mask,
                                        key_value_seq_lengths=kv_lengths,
                                        implementation=implementation)
-    return out[:, :q_length]
+    return out[:, :q_length]  # Without the padded query row, if any.
   heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # (B, L, H, D) -> (B, H, L, D)
   query = query / jnp.sqrt(query.shape[-1]).astype(query.dtype)
   logits = jnp.matmul(heads_first(query), jnp.swapaxes(heads_first(key), -1, -2))  # (B, H, Q, K)
@@ -243,8 +256,9 @@ class MultiHeadAttention(nn.Module):
       out = attend(impl)
     except (ValueError, NotImplementedError) as e:
       # jax.nn raises these at trace time for shapes/masks cuDNN does not support (odd
-      # lengths are padded to even by dot_product_attention); 'auto' then computes the
-      # same attention with the matmul core, and says so once per trace.
+      # lengths, e.g. a decoding step's one query, are padded to even by
+      # dot_product_attention); 'auto' then computes the same attention with the matmul
+      # core, and says so once per trace.
       if self.attention_impl != 'auto' or impl == 'matmul':
         raise
       logging.warning('attention_impl=auto: cuDNN refused query %s, key %s (%s); '

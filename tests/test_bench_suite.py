@@ -56,13 +56,18 @@ def test_step_flops_count_every_device_and_micro_batch():
 
 def test_steps_without_a_cost_analysis_are_counted_on_the_host(monkeypatch):
   # JAX 0.11 on GPUs returns no analysis of the traced step (seen on an H100): the
-  # same step is then counted as lowered for the host CPU, attention as matmuls.
+  # same step is then counted as lowered for the host CPU, attention as matmuls (cuDNN's
+  # has no CPU lowering: a 'cudnn' config is counted too), micro-batches included.
   import jax  # pylint: disable=import-outside-toplevel
   from configs import vit_fashion_mnist  # pylint: disable=import-outside-toplevel
   from train import bench  # pylint: disable=import-outside-toplevel
   config = vit_fashion_mnist.get_config()
-  config.batch_size, config.model.attention_impl = 16, 'xla'
+  config.batch_size, config.grad_accum_steps, config.model.attention_impl = 16, 2, 'xla'
   expected = bench.benchmark(config, 1, devices=jax.devices()[:2])['gflop_per_step']
+  config.model.attention_impl = 'cudnn'
+  assert bench.host_flops(config) * 2 / 1e9 == pytest.approx(expected, rel=0.02)
+  assert config.model.attention_impl == 'cudnn'  # The caller's config is left as it was.
+  config.model.attention_impl = 'xla'
   real, calls = jax.stages.Lowered.cost_analysis, []
 
   def none_on_the_first_call(self):
@@ -71,7 +76,7 @@ def test_steps_without_a_cost_analysis_are_counted_on_the_host(monkeypatch):
   monkeypatch.setattr(jax.stages.Lowered, 'cost_analysis', none_on_the_first_call)
   assert bench.benchmark(config, 1, devices=jax.devices()[:2])['gflop_per_step'] == (
       pytest.approx(expected, rel=0.02))
-  assert len(calls) == 2 and config.model.attention_impl == 'xla'
+  assert len(calls) == 2
 
 
 def test_a_failing_row_is_reported_and_the_others_still_print(monkeypatch, capsys):

@@ -159,6 +159,8 @@ def test_cudnn_attention_pads_odd_lengths_to_even_with_the_same_result(monkeypat
   monkeypatch.setattr(jax.nn, 'dot_product_attention', cudnn_on_xla)
   q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 7, 2, 8))
   k, v = k[:, :5], v[:, :5]  # 7 queries, 5 keys
+  # Every query may attend to key 0: a query with no allowed key has no defined
+  # attention, and the padded key changes what it gets (pad_to_even_lengths).
   mask = jax.random.bernoulli(jax.random.key(1), 0.7, (2, 1, 7, 5)).at[..., 0].set(True)
 
   def attend(impl, mask):

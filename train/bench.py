@@ -1,5 +1,5 @@
 r"""Training throughput of a config on synthetic data: compile time, step time,
-examples/s and model FLOP/s (XLA's cost analysis of the compiled step).
+examples/s and model FLOP/s (XLA's cost analysis of the traced step; see host_flops).
 
   python -m train.bench --config=configs/vit_fashion_mnist.py [--steps=30] \
       [--config.batch_size=256 --config.compute_dtype=bfloat16 ...]
@@ -18,7 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import tasks
-from train import parallel, run_config, trainer
+from train import export, parallel, run_config, trainer
 
 FLAGS = flags.FLAGS
 
@@ -60,19 +60,21 @@ def _flops(cost) -> Optional[float]:
 
 
 def host_flops(config, image_size: int = 0) -> Optional[float]:
-  """XLA's FLOP count of `config`'s train step as traced for one host CPU device (the
-  whole global batch), or None if it cannot be counted there.
+  """XLA's FLOP count of `config`'s train step as traced for one host CPU device (this
+  process's share of the batch, as `build_step` builds it), or None if it cannot be
+  counted there (e.g. JAX_PLATFORMS names no CPU).
 
   JAX 0.11 on GPUs returns no cost analysis of a traced step, and the compiled
   executable's leaves out what cuDNN and cuBLAS custom calls compute (jax-ml/jax#22249;
-  on an H100 it counted about a third of ResNet-50's step and 0.3 % of ViT-B/16's). The
+  on an H100 it gave ResNet-50 about a third of this count and ViT-B/16 under 1 %). The
   model's FLOPs do not depend on the device, so they are counted on the host instead,
-  with the matmul attention core (cuDNN's does not lower for a CPU; the same products).
+  with the matmul attention core (cuDNN's does not lower for a CPU; the same products)
+  and no weights loaded (the count does not depend on them). This initialises the
+  state on the host: seconds and ~1.4 GB for ViT-B/16 at batch 256.
   """
-  config = config.copy_and_resolve_references()
-  if 'attention_impl' in config.model:
-    config.model.attention_impl = 'matmul'
   try:
+    config = export.portable_config(config.copy_and_resolve_references())
+    config.init_from = ''
     _, step_fn, state, batch, _ = build_step(config, image_size, jax.devices('cpu')[:1])
     return _flops(step_fn.lower(state, batch).cost_analysis())
   except Exception as e:  # pylint: disable=broad-except
@@ -95,9 +97,7 @@ def benchmark(config, steps: int, image_size: int = 0, devices=None) -> dict:
     # Counted on the step as traced, before XLA's optimisations: the whole step on all
     # devices (the compiled executable's analysis covers one device's share), and on
     # GPUs before matmuls and convolutions become cuBLAS/cuDNN custom calls, which that
-    # analysis leaves out (jax-ml/jax#22249). A lax.scan body counts once: scale by the
-    # gradient-accumulation micro-batches (the optimizer update, outside the scan, is
-    # then over-counted; it is a small part of a step).
+    # analysis leaves out (jax-ml/jax#22249).
     flops = _flops(lowered.cost_analysis())
     step_fn = lowered.compile()  # Compiled once, here.
   state, metrics = step_fn(state, batch)
@@ -110,6 +110,8 @@ def benchmark(config, steps: int, image_size: int = 0, devices=None) -> dict:
   step_s = (time.perf_counter() - t) / steps
   if engine.name == 'jit':
     flops = flops or host_flops(config, image_size)  # Outside the timings.
+    # A lax.scan body counts once: scale by the gradient-accumulation micro-batches (the
+    # optimizer update, outside the scan, is then over-counted; a small part of a step).
     flops = flops and flops * config.grad_accum_steps
   result = {'device': f'{engine.num_devices}x {jax.devices()[0].device_kind}',
             'engine': engine.name, 'model': config.model.name, 'input_shape': shape,
