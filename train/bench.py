@@ -60,9 +60,10 @@ def _flops(cost) -> Optional[float]:
 
 
 def host_flops(config, image_size: int = 0) -> Optional[float]:
-  """XLA's FLOP count of `config`'s train step as traced for one host CPU device (this
-  process's share of the batch, as `build_step` builds it), or None if it cannot be
-  counted there (e.g. JAX_PLATFORMS names no CPU).
+  """XLA's FLOP count of `config`'s train step as traced for one host CPU device, or
+  None if it cannot be counted there (e.g. JAX_PLATFORMS names no CPU). The step is
+  built for this process's share of the batch, as `build_step` builds it, and the count
+  scaled to all processes.
 
   JAX 0.11 on GPUs returns no cost analysis of a traced step, and the compiled
   executable's leaves out what cuDNN and cuBLAS custom calls compute (jax-ml/jax#22249;
@@ -76,7 +77,8 @@ def host_flops(config, image_size: int = 0) -> Optional[float]:
     config = export.portable_config(config.copy_and_resolve_references())
     config.init_from = ''
     _, step_fn, state, batch, _ = build_step(config, image_size, jax.devices('cpu')[:1])
-    return _flops(step_fn.lower(state, batch).cost_analysis())
+    flops = _flops(step_fn.lower(state, batch).cost_analysis())
+    return flops and flops * jax.process_count()
   except Exception as e:  # pylint: disable=broad-except
     # Only the MFU column depends on it: the benchmark goes on without one.
     logging.warning('No FLOP count for %s on the host CPU: %r', config.model.name, e)
