@@ -34,20 +34,25 @@ def define_flags() -> None:
   flags.mark_flags_as_required(['config'])
 
 
-def build_step(config, image_size: int = 0, devices=None):
+def build_step(config, image_size: int = 0, devices=None, abstract: bool = False):
   """The train step of `config` as launch.py builds it (not yet compiled) on `devices`
   (default: all) and its inputs: (engine, step_fn, state, batch, input_shape). The batch
   is the random one of the config's task module, images of side `image_size` (0: from
-  the config, see --image_size). Raises ValueError for bad configs and tasks without
-  fixed-shape inputs."""
+  the config, see --image_size). `abstract`: state and batch as jax.ShapeDtypeStruct
+  trees, enough to lower the step (nothing allocated on the devices). Raises ValueError
+  for bad configs and tasks without fixed-shape inputs."""
   engine = parallel.build(config.parallel, devices)
   trainer.validate(config, engine.num_devices)
   spec, host_batch = tasks.get(config.task).bench_inputs(
       config, image_size, config.batch_size // jax.process_count(), np.random.default_rng(0))
   model, task, _, schedule, init_fn = trainer.build_components(config, 10 ** 6, spec,
                                                                engine.axis_name)
-  state = engine.init_state(init_fn)
-  batch = engine.put_batch(host_batch)
+  if abstract:
+    state = jax.eval_shape(init_fn)
+    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host_batch)
+  else:
+    state = engine.init_state(init_fn)
+    batch = engine.put_batch(host_batch)
   step_fn = engine.train_step(model=model, task=task, schedule=schedule,
                               accum_steps=config.grad_accum_steps)
   return engine, step_fn, state, batch, tuple(spec.init_args[0].shape[1:])
@@ -70,13 +75,14 @@ def host_flops(config, image_size: int = 0) -> Optional[float]:
   on an H100 it gave ResNet-50 about a third of this count and ViT-B/16 under 1 %). The
   model's FLOPs do not depend on the device, so they are counted on the host instead,
   with the matmul attention core (cuDNN's does not lower for a CPU; the same products)
-  and no weights loaded (the count does not depend on them). This initialises the
-  state on the host: seconds and ~1.4 GB for ViT-B/16 at batch 256.
+  and no weights loaded (the count does not depend on them). Only shapes are built
+  (`build_step(abstract=True)`): no state is initialised.
   """
   try:
     config = export.portable_config(config.copy_and_resolve_references())
     config.init_from = ''
-    _, step_fn, state, batch, _ = build_step(config, image_size, jax.devices('cpu')[:1])
+    _, step_fn, state, batch, _ = build_step(config, image_size, jax.devices('cpu')[:1],
+                                             abstract=True)
     flops = _flops(step_fn.lower(state, batch).cost_analysis())
     return flops and flops * jax.process_count()
   except Exception as e:  # pylint: disable=broad-except
