@@ -65,9 +65,10 @@ def test_steps_without_a_cost_analysis_are_counted_on_the_host(monkeypatch):
   config.batch_size, config.grad_accum_steps, config.model.attention_impl = 16, 2, 'xla'
   expected = bench.benchmark(config, 1, devices=jax.devices()[:2])['gflop_per_step']
   config.model.attention_impl = 'cudnn'
+  config.init_from, config.init_into = '/no/such/weights', 'encoder'  # Never read here.
   assert bench.host_flops(config) * 2 / 1e9 == pytest.approx(expected, rel=0.02)
   assert config.model.attention_impl == 'cudnn'  # The caller's config is left as it was.
-  config.model.attention_impl = 'xla'
+  config.model.attention_impl, config.init_from, config.init_into = 'xla', '', ''
   real, calls = jax.stages.Lowered.cost_analysis, []
 
   def none_on_the_first_call(self):

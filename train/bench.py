@@ -80,7 +80,7 @@ def host_flops(config, image_size: int = 0) -> Optional[float]:
   """
   try:
     config = export.portable_config(config.copy_and_resolve_references())
-    config.init_from = ''
+    config.init_from, config.init_into = '', ''  # init_into alone is refused.
     _, step_fn, state, batch, _ = build_step(config, image_size, jax.devices('cpu')[:1],
                                              abstract=True)
     flops = _flops(step_fn.lower(state, batch).cost_analysis())
