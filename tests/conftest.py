@@ -98,6 +98,14 @@ def tiny_config(data_dir: str):
   return c
 
 
+def saved_state(workdir: str, step: int) -> dict:
+  """The fields of a run's checkpoint at `step` as saved ('params', 'ema', ...), read
+  with Orbax alone (independently of train.checkpoint)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  return ocp.StandardCheckpointer().restore(
+      os.path.join(workdir, 'checkpoints', str(step), 'state'))
+
+
 @pytest.fixture
 def fmnist_dir(tmp_path):
   return make_fashion_mnist_dir(str(tmp_path / 'fmnist'))

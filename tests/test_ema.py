@@ -10,14 +10,13 @@ import shutil
 import jax
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 
 from data import pipeline
 from train import checkpoint as checkpoint_lib
 from train import parallel, restore, trainer
 from train.state import TrainState, with_ema_reset
-from tests.conftest import make_fashion_mnist_dir, tiny_config
+from tests.conftest import make_fashion_mnist_dir, saved_state, tiny_config
 
 
 def _decay(n, ema_decay):
@@ -92,15 +91,10 @@ def ema_runs(tmp_path_factory):
   return config, full, split
 
 
-def _saved_state(workdir, step):
-  return ocp.StandardCheckpointer().restore(
-      os.path.join(workdir, 'checkpoints', str(step), 'state'))
-
-
 def test_a_run_validates_and_tests_with_the_average_and_resumes_it_exactly(ema_runs):
   config, full, split = ema_runs
   trainer.run(config, split)  # Resumes 3 -> 6.
-  a, b = _saved_state(full, 6), _saved_state(split, 6)
+  a, b = saved_state(full, 6), saved_state(split, 6)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7),
                {'ema': a['ema'], 'params': a['params']}, {'ema': b['ema'], 'params': b['params']})
   final = json.loads(open(os.path.join(full, 'final_metrics.json')).read())

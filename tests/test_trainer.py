@@ -21,7 +21,6 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
@@ -30,14 +29,13 @@ import nets
 from train import checkpoint as checkpoint_lib
 from train import preemption, restore, trainer
 from train.state import TrainState
-from tests.conftest import make_fashion_mnist_dir, tiny_config
+from tests.conftest import make_fashion_mnist_dir, saved_state, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _params(workdir, step):
-  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
-  return ocp.StandardCheckpointer().restore(path)['params']
+  return saved_state(workdir, step)['params']
 
 
 def _assert_same_params(a, b):
